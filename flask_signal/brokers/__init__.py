@@ -1,0 +1,233 @@
+"""Brokers: where swarm state lives and how messages reach the right process.
+
+One interface, :class:`Broker`, two implementations chosen by URL, as the
+``limits`` library does for its storage:
+
+- ``memory://`` (:class:`~flask_signal.brokers.memory.MemoryBroker`): state in
+  this process, delivery straight into the local hub. The default; one
+  process only.
+- ``redis://``, ``rediss://``, ``unix://``
+  (:class:`~flask_signal.brokers.redis.RedisBroker`): state and history in
+  Redis, fan-out over one pub/sub connection per process.
+
+The HTTP layer only calls the methods below; it never sees which broker runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from ..hub import LocalHub, Stream
+
+
+class BrokerUnavailable(Exception):
+    """The broker's backing service cannot be reached; answer 503 and let clients retry."""
+
+    retry_after = 5
+
+
+class Delivery(Enum):
+    """The outcome of a signal, in the order the protocol checks them."""
+
+    OK = 200
+    NO_SWARM = 404
+    BAD_TOKEN = 401
+    NO_PEER = 4040
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A peer's place in a swarm: the ``connect`` frame's data, plus whether it created the swarm."""
+
+    id: str
+    cid: str
+    token: str
+    initiator: bool
+
+    def connect_data(self) -> dict[str, str]:
+        return {"id": self.id, "cid": self.cid, "token": self.token}
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a subscriber gets before live events: retained frames, and whether some were lost."""
+
+    frames: list[bytes]
+    lost: bool = False
+
+
+def new_id() -> str:
+    """A 128-bit identifier or secret: 32 lowercase hex characters from a CSPRNG."""
+    return secrets.token_hex(16)
+
+
+def token_digest(token: str) -> str:
+    """What brokers store and look tokens up by.
+
+    Looking up a digest rather than the token itself keeps the lookup's timing
+    independent of how much of a guessed token is right.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class Broker(ABC):
+    """Swarm state, channel history and routing for one process.
+
+    ``sender`` is what lifecycle signals are sent with (the Flask app).
+    Methods may raise :class:`BrokerUnavailable`.
+    """
+
+    url: str
+
+    def __init__(
+        self,
+        *,
+        hub: LocalHub | None = None,
+        sender: Any = None,
+        history_size: int = 500,
+    ) -> None:
+        self.hub = hub if hub is not None else LocalHub()
+        self.sender = sender
+        self.history_size = history_size
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Start background work (listeners, heartbeats). Called once per process before serving."""
+
+    def close(self) -> None:
+        """End every local stream and release connections."""
+        for stream in tuple(self.hub.streams):
+            stream.end("shutdown")
+
+    # -- swarms --------------------------------------------------------------------
+
+    @abstractmethod
+    def create_swarm(self, stream: Stream) -> Membership:
+        """Create a swarm with ``stream`` as its initiator; queue its ``connect`` frame."""
+
+    @abstractmethod
+    def join_swarm(self, swarm_id: str, stream: Stream) -> Membership | None:
+        """Add ``stream`` as a new peer: queue its ``connect``, then ``join`` to the initiator.
+
+        ``None`` if there is no such swarm.
+        """
+
+    @abstractmethod
+    def leave_swarm(self, member: Membership) -> None:
+        """A peer's stream ended: remove it and tell the initiator (``leave``), or, for the
+        initiator, end every stream of the swarm and forget it."""
+
+    @abstractmethod
+    def swarm_exists(self, swarm_id: str) -> bool: ...
+
+    @abstractmethod
+    def authenticate(self, swarm_id: str, token: str) -> Delivery:
+        """``OK`` if ``token`` belongs to a peer of the swarm, else ``NO_SWARM``/``BAD_TOKEN``."""
+
+    @abstractmethod
+    def signal(
+        self, swarm_id: str, data: Any, *, cid: str | None = None, token: str | None = None
+    ) -> Delivery:
+        """Send ``data`` as a ``signal`` event to every peer (the sender too), or only ``cid``.
+
+        With a ``token``, it is checked first; ``token=None`` is for trusted
+        application code only.
+        """
+
+    @abstractmethod
+    def swarm_count(self) -> int:
+        """Swarms whose initiator is connected to this process."""
+
+    # -- channels ------------------------------------------------------------------
+
+    @abstractmethod
+    def publish(
+        self,
+        channels: Sequence[str],
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        """Record an event in the history of ``channels`` and deliver it; returns its id."""
+
+    @abstractmethod
+    def publish_all(
+        self,
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        """Publish to every channel that has subscribers (in any process)."""
+
+    @abstractmethod
+    def subscribe(
+        self, stream: Stream, channels: Sequence[str], last_event_id: str | None = None
+    ) -> Replay:
+        """Subscribe ``stream``; events after ``last_event_id`` come back in the :class:`Replay`.
+
+        Live events published from here on are queued on the stream; none is
+        both replayed and queued, none is skipped.
+        """
+
+    @abstractmethod
+    def unsubscribe(self, stream: Stream) -> None: ...
+
+    @abstractmethod
+    def close_channel(self, channel: str) -> None:
+        """End every stream subscribed to ``channel``, in every process."""
+
+    def connection_count(self, channel: str | None = None) -> int:
+        """Open streams of this process, all or on one channel."""
+        return self.hub.count(channel)
+
+
+def from_url(url: str, **options: Any) -> Broker:
+    """The broker for a ``SIGNAL_BROKER_URL``: ``memory://`` or a Redis URL."""
+    scheme = url.partition("://")[0].lower() if "://" in url else ""
+    if scheme == "memory":
+        from .memory import MemoryBroker
+
+        return MemoryBroker(**options)
+    if scheme in ("redis", "rediss", "unix"):
+        from .redis import RedisBroker
+
+        return RedisBroker(url, **options)
+    raise ValueError(
+        f"unsupported broker URL {url!r}: use memory:// or redis://, rediss://, unix://"
+    )
+
+
+# -- event ids ---------------------------------------------------------------------
+#
+# Hub-assigned ids are "<epoch>-<seq>": seq comes from one sequencer for all
+# channels, so one Last-Event-ID resumes a multi-channel stream; the epoch
+# changes whenever the history is lost (a restart of the memory broker, a
+# flushed Redis), so a resume against another epoch is reported, never
+# silently answered with the wrong events.
+
+
+def format_event_id(epoch: str, seq: int) -> str:
+    return f"{epoch}-{seq}"
+
+
+def parse_event_id(epoch: str, value: str) -> int | None:
+    """The sequence number of a hub-assigned id of ``epoch``, else ``None``."""
+    head, sep, tail = value.rpartition("-")
+    if sep and head == epoch and tail.isdigit():
+        return int(tail)
+    return None
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)

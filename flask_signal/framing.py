@@ -1,0 +1,76 @@
+"""Server-Sent Events wire framing: pure functions from values to bytes.
+
+Nothing here touches sockets, Flask or gevent, so every frame the hub sends
+can be checked byte for byte in isolation.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+#: A comment frame: keeps proxies from closing an idle stream.
+PING = b":\n\n"
+
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_LINES = re.compile(r"\r\n|\r|\n")
+_FORBIDDEN = re.compile(r"[\r\n\0]")
+
+
+def to_json(value: Any) -> str:
+    """Serialize compactly, as JavaScript's ``JSON.stringify`` does."""
+    return _json.encode(value)
+
+
+def swarm_event(event: str, data: Any) -> bytes:
+    """A swarm frame: exactly ``event:`` then ``data:`` (compact JSON), then a blank line.
+
+    The original's clients split each line on ``": "`` and JSON-parse what
+    follows, so nothing else may precede or follow these two lines.
+    """
+    return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
+
+
+def check_field(name: str, value: str) -> str:
+    """Refuse a value for a single-line SSE field (``event``, ``id``) that would break framing."""
+    if _FORBIDDEN.search(value):
+        raise ValueError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
+    return value
+
+
+def data_lines(data: Any) -> str:
+    """The ``data:`` lines of a message: strings as they are, line by line; anything else as JSON.
+
+    CR, LF and CRLF all end a line, as the SSE parser in every client reads
+    them; empty and trailing lines are kept so the client sees the same text.
+    """
+    text = data if isinstance(data, str) else to_json(data)
+    return "".join(f"data: {line}\n" for line in _LINES.split(text))
+
+
+def message(
+    data: Any,
+    *,
+    event: str | None = None,
+    id: str | None = None,
+    retry: int | None = None,
+) -> bytes:
+    """A channel frame: optional ``event:``, the data lines, optional ``id:`` and ``retry:``."""
+    head = f"event: {check_field('event', event)}\n" if event is not None else ""
+    tail = f"id: {check_field('id', id)}\n" if id is not None else ""
+    if retry is not None:
+        tail += f"retry: {int(retry)}\n"
+    return f"{head}{data_lines(data)}{tail}\n".encode()
+
+
+def retry(milliseconds: int) -> bytes:
+    """Tell the client how long to wait before reconnecting."""
+    return f"retry: {int(milliseconds)}\n\n".encode()
+
+
+def comment(text: str = "") -> bytes:
+    """A comment frame, ignored by clients; ``comment()`` is the keep-alive ping."""
+    if not text:
+        return PING
+    return "".join(f": {line}\n" for line in _LINES.split(text)).encode() + b"\n"
