@@ -50,7 +50,7 @@ PublishAuth = Callable[[Request, str], bool]
 
 @dataclass(frozen=True)
 class Settings:
-    """Resolved settings of one app: constructor arguments over ``SIGNAL_*`` config over defaults."""
+    """Settings of one app: constructor arguments over ``SIGNAL_*`` config over defaults."""
 
     limit: int
     url_prefix: str
@@ -129,7 +129,8 @@ class AppState:
             scheme, _, secret = given.partition(" ")
             if scheme.lower() != "bearer" or not secret:
                 return views.error(
-                    401, "publishing needs a key: Authorization: Bearer <key>",
+                    401,
+                    "publishing needs a key: Authorization: Bearer <key>",
                     {"WWW-Authenticate": 'Bearer realm="flask_signal"'},
                 )
             if not hmac.compare_digest(secret.encode(), key.encode()):
@@ -292,7 +293,9 @@ class Signal:
         names = [channels] if isinstance(channels, str) else list(channels)
         return Subscription(names, initial, event)
 
-    def stream(self, rule: str, **options: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def stream(
+        self, rule: str, **options: Any
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Declare an SSE route with URL parameters, as sse.io's rooms do.
 
         The view runs in the request context (so ``abort(403)`` and the

@@ -30,13 +30,13 @@ class Stream:
         "__weakref__",
         "_queue",
         "channels",
+        "cid",
         "end_reason",
         "ended",
         "kind",
         "last_seq",
         "serial",
         "swarm_id",
-        "cid",
     )
 
     def __init__(self, maxsize: int, kind: str = "swarm") -> None:
@@ -81,12 +81,13 @@ class Stream:
     def get(self, timeout: float | None) -> bytes | None:
         """The next frame, :data:`ENDED` when over, or ``None`` after ``timeout`` seconds idle."""
         try:
-            return self._queue.get(timeout=timeout)
+            frame: bytes = self._queue.get(timeout=timeout)
+            return frame
         except Empty:
             return ENDED if self.ended else None
 
     def pending(self) -> int:
-        return self._queue.qsize()
+        return int(self._queue.qsize())
 
 
 class LocalHub:
@@ -121,7 +122,7 @@ class LocalHub:
         return opened
 
     def unsubscribe(self, stream: Stream) -> list[str]:
-        """Remove ``stream`` from its channels; returns the channels left with no local subscriber."""
+        """Remove ``stream`` from its channels; returns those left with no local subscriber."""
         emptied = []
         for name in stream.channels:
             members = self.channels.get(name)

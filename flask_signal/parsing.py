@@ -45,7 +45,7 @@ class UnsupportedMediaType(BadRequest):
 
 
 def parse_size(value: int | str) -> int:
-    """``10kb`` → 10240. Accepts an int of bytes or ``b``/``kb``/``mb``/``gb`` (1 kb = 1024 bytes)."""
+    """``10kb`` → 10240: bytes, or a number with ``b``, ``kb``, ``mb`` or ``gb`` (1 kb = 1024)."""
     if isinstance(value, bool):
         raise ValueError(f"invalid size limit: {value!r}")
     if isinstance(value, int):
@@ -207,7 +207,9 @@ def media_type(content_type: str | None) -> str:
 
 def is_json(content_type: str | None) -> bool:
     kind = media_type(content_type)
-    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+    return kind == "application/json" or (
+        kind.startswith("application/") and kind.endswith("+json")
+    )
 
 
 def parse_body(content_type: str | None, body: bytes) -> Mapping[str, Any]:

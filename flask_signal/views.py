@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Blueprint, Response, current_app, request
 
 from . import framing, signals
-from .brokers import Broker, BrokerUnavailable, Delivery, Membership
+from .brokers import BrokerUnavailable, Delivery, Membership
 from .hub import Stream
 from .parsing import BadRequest, accepts_event_stream, optional_str, parse_body, read_body
 from .streaming import EventStream, cooperative
@@ -60,7 +60,9 @@ def _check_stream_allowed(st: AppState, channels: Sequence[str] = ()) -> None:
             "gevent.monkey.patch_all() before anything else when using another server"
         )
         raise _Refusal(
-            error(500, "server misconfigured: SSE streams need a gevent worker (gunicorn -k gevent)")
+            error(
+                500, "server misconfigured: SSE streams need a gevent worker (gunicorn -k gevent)"
+            )
         )
     limits = st.settings
     retry = {"Retry-After": str(limits.retry_after)}
@@ -220,7 +222,7 @@ def last_event_id() -> str | None:
 def subscribe_response(
     st: AppState, channels: Sequence[str], initial: Callable[[], bytes] | None = None
 ) -> Response:
-    """Stream ``channels``: a first comment, ``retry:``, any replay, ``initial``, then live events."""
+    """Stream ``channels``: a comment, ``retry:``, the replay, ``initial``, then live events."""
     _check_stream_allowed(st, channels)
     resume = last_event_id()
 
@@ -317,7 +319,10 @@ def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
     @bp.errorhandler(BrokerUnavailable)
     def unavailable(exc: BrokerUnavailable) -> Response:
         log.warning("broker unavailable: %s", exc)
-        return error(503, "signalling backend unavailable, retry later",
-                     {"Retry-After": str(exc.retry_after)})
+        return error(
+            503,
+            "signalling backend unavailable, retry later",
+            {"Retry-After": str(exc.retry_after)},
+        )
 
     return bp

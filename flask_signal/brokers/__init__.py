@@ -43,7 +43,7 @@ class Delivery(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Membership:
-    """A peer's place in a swarm: the ``connect`` frame's data, plus whether it created the swarm."""
+    """A peer's place in a swarm: its ``connect`` data, and whether it created the swarm."""
 
     id: str
     cid: str
@@ -202,7 +202,8 @@ def from_url(url: str, **options: Any) -> Broker:
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisBroker
 
-        return RedisBroker(url, **options)
+        broker: Broker = RedisBroker(url, **options)
+        return broker
     raise ValueError(
         f"unsupported broker URL {url!r}: use memory:// or redis://, rediss://, unix://"
     )

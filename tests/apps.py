@@ -1,0 +1,114 @@
+"""The app the end-to-end suite serves, configured from the environment.
+
+``SIGNAL_TEST_SETTINGS`` holds JSON keyword arguments for :class:`Signal`.
+Routes under ``/_test`` let tests drive the application-side API (send,
+publish, stats) and read which lifecycle signals fired, from outside the
+server process, as a real application would expose them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from flask import Flask, abort, jsonify, request
+
+from flask_signal import Signal, signals
+
+
+def create_app() -> Flask:
+    settings: dict[str, Any] = json.loads(os.environ.get("SIGNAL_TEST_SETTINGS", "{}"))
+    app = Flask(__name__)
+    signal = Signal(app, **settings)
+    fired: list[dict[str, Any]] = []
+
+    def recorder(name: str) -> Any:
+        def record(sender: Flask, **kwargs: Any) -> None:
+            stream = kwargs.pop("stream", None)
+            if stream is not None:
+                kwargs["stream"] = {"kind": stream.kind, "serial": stream.serial}
+            fired.append({"signal": name, **kwargs})
+
+        return record
+
+    for name in (
+        "swarm_created",
+        "peer_joined",
+        "peer_left",
+        "swarm_closed",
+        "client_connected",
+        "client_disconnected",
+        "channel_opened",
+        "channel_emptied",
+        "message_published",
+    ):
+        getattr(signals, name).connect(recorder(name), app, weak=False)
+
+    @app.get("/_test/fired")
+    def get_fired() -> Any:
+        return jsonify(fired)
+
+    @app.post("/_test/send/<swarm_id>")
+    def send(swarm_id: str) -> Any:
+        body = request.get_json()
+        return jsonify(ok=signal.send(swarm_id, body["data"], cid=body.get("cid")))
+
+    @app.post("/_test/publish")
+    def publish() -> Any:
+        body = request.get_json()
+        try:
+            event_id = signal.publish(
+                body["channel"],
+                body["data"],
+                event=body.get("event"),
+                id=body.get("id"),
+                retry=body.get("retry"),
+            )
+        except ValueError as exc:
+            return jsonify(error=str(exc)), 400
+        return jsonify(id=event_id)
+
+    @app.post("/_test/publish_burst")
+    def publish_burst() -> Any:
+        body = request.get_json()
+        import gevent
+
+        ids = []
+        for i in range(body["count"]):
+            ids.append(signal.publish(body["channel"], {"n": i}))
+            if i % 10 == 0:
+                gevent.sleep(0)
+        return jsonify(ids=ids)
+
+    @app.post("/_test/publish_all")
+    def publish_all() -> Any:
+        body = request.get_json()
+        return jsonify(id=signal.publish_all(body["data"], event=body.get("event")))
+
+    @app.post("/_test/close/<channel>")
+    def close(channel: str) -> Any:
+        signal.close(channel)
+        return jsonify(ok=True)
+
+    @app.get("/_test/stats")
+    def stats() -> Any:
+        return jsonify(
+            {**signal.stats(), "count": signal.connection_count(request.args.get("channel"))}
+        )
+
+    @signal.stream("/rooms/<room>/feed")
+    def room_feed(room: str) -> Any:
+        if room.startswith("secret"):
+            abort(403)
+        if request.args.get("initial"):
+
+            def initial() -> Any:
+                # Publish while the initial data is computed: it must come after.
+                signal.publish(f"room.{room}", "during-initial")
+                return {"room": room, "state": "initial"}
+
+            return signal.subscription(f"room.{room}", initial, event="init")
+        return f"room.{room}"
+
+    return app
