@@ -1,0 +1,224 @@
+"""The standalone hub (moshpit's server): an app factory and gunicorn, run in-process.
+
+``create_app()`` builds a Flask app that serves the swarm protocol at its
+root with CORS open, as moshpit's koa app does. :class:`HubApplication`
+serves it with gunicorn's application API, with settings and hooks suited
+to long-lived streams; ``flask-signal`` (:mod:`flask_signal.cli`) is its
+command line.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gevent
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from .extension import Signal
+
+#: The gunicorn worker class the hub runs on.
+WORKER_CLASS = "gevent"
+
+#: gunicorn settings for a server of long-lived streams.
+STREAM_SETTINGS: dict[str, Any] = {
+    "worker_class": WORKER_CLASS,
+    # Each open stream holds a connection (and a greenlet) for as long as the
+    # peer stays; gunicorn's default of 1000 per worker would leave the
+    # 1001st peer waiting in the accept queue, i.e. a silently hung client.
+    "worker_connections": 10000,
+    # Streams never finish by themselves: shutdown ends them (see
+    # end_streams), so waiting long for "open requests" only delays exit.
+    "graceful_timeout": 3,
+    # Worker liveness (heartbeat), not request duration: gevent workers keep
+    # beating while streams are open.
+    "timeout": 30,
+    # Idle time allowed between POSTs on a kept-alive connection.
+    "keepalive": 5,
+    # The control socket is an admin endpoint this server does not use; it
+    # would be created in $HOME after privileges are dropped.
+    "control_socket_disable": True,
+}
+
+
+def create_app(
+    *,
+    prefix: str = "",
+    limit: str | int = "10kb",
+    cors: str | list[str] | None = "*",
+    ping_interval: float = 15,
+    broker_url: str = "memory://",
+) -> Flask:
+    """A standalone hub: the swarm protocol at ``prefix`` (the root by default), CORS open."""
+    app = Flask("flask_signal.server")
+    Signal(
+        app,
+        url_prefix=prefix,
+        limit=limit,
+        cors=cors or False,
+        ping_interval=ping_interval,
+        broker_url=broker_url,
+    )
+    return app
+
+
+def end_streams(app: Flask) -> None:
+    """End every stream of this process, so a graceful shutdown has no open request to wait for."""
+    state = app.extensions.get("signal_state")
+    if state is not None:
+        state.broker.close()
+
+
+# -- privileges ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the server becomes once its socket is bound."""
+
+    uid: int | None = None
+    gid: int | None = None
+    user: str | None = None  # the uid's login name, for its supplementary groups
+
+    @classmethod
+    def resolve(cls, user: str | None, group: str | None) -> Identity:
+        """Names or numbers to ids; raises ValueError for an unknown name.
+
+        With a user but no group, the user's primary group is taken, so the
+        process does not keep root's group.
+        """
+        uid = gid = None
+        name = None
+        if user is not None:
+            entry = _lookup(pwd.getpwnam, pwd.getpwuid, user, "user")
+            if isinstance(entry, int):
+                uid = entry
+            else:
+                uid, name = entry.pw_uid, entry.pw_name
+                if group is None:
+                    gid = entry.pw_gid
+        if group is not None:
+            found = _lookup(grp.getgrnam, grp.getgrgid, group, "group")
+            gid = found if isinstance(found, int) else found.gr_gid
+        return cls(uid, gid, name)
+
+    def __bool__(self) -> bool:
+        return self.uid is not None or self.gid is not None
+
+    def check(self) -> None:
+        """Raise PermissionError now if switching is impossible, rather than after binding."""
+        if os.geteuid() == 0:
+            return
+        if (self.uid is not None and self.uid != os.getuid()) or (
+            self.gid is not None and self.gid != os.getgid()
+        ):
+            raise PermissionError("only root can switch to another user or group")
+
+    def apply(self) -> None:
+        """Become this identity: groups first (a non-root process may no longer change them)."""
+        if self.gid is not None:
+            if os.geteuid() == 0:
+                if self.user is not None:
+                    os.initgroups(self.user, self.gid)
+                else:
+                    os.setgroups([])
+            os.setgid(self.gid)
+        if self.uid is not None:
+            os.setuid(self.uid)
+
+
+def _lookup(
+    by_name: Callable[[str], Any], by_id: Callable[[int], Any], value: str, kind: str
+) -> Any:
+    """An entry by name or number; a number without an entry is returned as is."""
+    if value.isdigit():
+        try:
+            return by_id(int(value))
+        except KeyError:
+            return int(value)
+    try:
+        return by_name(value)
+    except KeyError:
+        raise ValueError(f"no such {kind}: {value!r}") from None
+
+
+# -- gunicorn --------------------------------------------------------------------------
+
+
+class HubApplication(BaseApplication):  # type: ignore[misc]
+    """gunicorn serving a Flask app in this process, with stream-friendly settings and hooks.
+
+    Hooks: after the master binds its sockets it drops privileges (so the
+    master and every worker it forks run as ``identity``) and prints where it
+    listens; in each worker, SIGTERM (graceful stop) and SIGINT/SIGQUIT (quick
+    stop) end the open streams so the worker can exit at once.
+    """
+
+    def __init__(
+        self,
+        app: Flask,
+        options: Mapping[str, Any] | None = None,
+        *,
+        identity: Identity | None = None,
+        banner: str = "flask-signal listening on {address}",
+        path: str = "",
+    ) -> None:
+        self.application = app
+        self.options = {**STREAM_SETTINGS, **(options or {})}
+        self.identity = identity or Identity()
+        self.banner = banner
+        self.path = path
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+        if self.identity:
+            # gunicorn would switch only the workers, and keep root's
+            # supplementary groups; it still needs the ids so it neither
+            # chowns its worker files nor switches again.
+            if self.identity.uid is not None:
+                self.cfg.set("user", self.identity.uid)
+            if self.identity.gid is not None:
+                self.cfg.set("group", self.identity.gid)
+        self.cfg.set("when_ready", self._when_ready)
+        self.cfg.set("post_worker_init", self._post_worker_init)
+        self.cfg.set("worker_int", self._worker_int)
+
+    def load(self) -> Flask:
+        return self.application
+
+    def _when_ready(self, arbiter: Any) -> None:
+        # The sockets are bound: only now may a privileged port be given up.
+        self.identity.apply()
+        for listener in arbiter.LISTENERS:
+            print(self.banner.format(address=f"{listener}{self.path}"), flush=True)
+
+    def _post_worker_init(self, worker: Any) -> None:
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(signum: int, frame: Any) -> None:
+            if callable(previous):
+                previous(signum, frame)
+            # In a greenlet, not in the handler: this may run in gevent's hub,
+            # where nothing may block, and a broker may do I/O to close.
+            gevent.spawn(end_streams, self.application)
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.siginterrupt(signal.SIGTERM, False)
+
+    def _worker_int(self, worker: Any) -> None:
+        end_streams(self.application)
+
+
+def serve(app: Flask, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+    """Run gunicorn on ``app`` until it is stopped; exits the process with gunicorn's status."""
+    HubApplication(app, options, **kwargs).run()
+    sys.exit(0)
