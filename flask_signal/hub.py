@@ -9,7 +9,7 @@ streams are the peers and channel subscribers of this process. Brokers (see
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from gevent.queue import Empty, Full, Queue
 
@@ -29,6 +29,7 @@ class Stream:
     __slots__ = (
         "__weakref__",
         "_queue",
+        "abort",
         "channels",
         "cid",
         "end_reason",
@@ -51,6 +52,9 @@ class Stream:
         self.last_seq = 0
         self.swarm_id: str | None = None
         self.cid: str | None = None
+        #: Cuts the connection; set by the response so that an overflowing
+        #: stream whose writer is stuck on a full socket is freed at once.
+        self.abort: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         state = f"ended:{self.end_reason}" if self.ended else "open"
@@ -77,6 +81,8 @@ class Stream:
             # A reader that cannot keep up loses its backlog, not the server its memory.
             self._queue.queue.clear()
         self._queue.put_nowait(ENDED)
+        if reason == "overflow" and self.abort is not None:
+            self.abort()
 
     def get(self, timeout: float | None) -> bytes | None:
         """The next frame, :data:`ENDED` when over, or ``None`` after ``timeout`` seconds idle."""

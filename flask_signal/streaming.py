@@ -14,8 +14,10 @@ request, which ends the watch and leaves detection to the pings).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import gevent
@@ -65,6 +67,14 @@ def watch_for_close(sock: socket.socket, on_close: Callable[[], None]) -> Any:
     return watcher
 
 
+def _shutdown(sock: socket.socket) -> None:
+    # Fails the writer blocked on this socket with EPIPE, which servers treat
+    # as a client gone, so the response is closed. (gevent's own shutdown()
+    # would cancel the writer with EBADF, which gunicorn logs as an error.)
+    with contextlib.suppress(OSError):
+        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
+
+
 def cooperative() -> bool:
     """Whether this request runs in a gevent greenlet, as streams need.
 
@@ -95,7 +105,10 @@ class EventStream(Iterator[bytes]):
         self._head = head
         self._closed = False
         sock = client_socket(environ) if environ is not None else None
-        self._watcher = watch_for_close(sock, self._disconnected) if sock is not None else None
+        self._watcher = None
+        if sock is not None:
+            self._watcher = watch_for_close(sock, self._disconnected)
+            stream.abort = partial(_shutdown, sock)
 
     def _disconnected(self) -> None:
         self._stream.end("disconnected")
@@ -124,6 +137,7 @@ class EventStream(Iterator[bytes]):
             self._watcher.close()
             self._watcher = None
         self._stream.end()
+        self._stream.abort = None
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()
