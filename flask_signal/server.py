@@ -9,7 +9,9 @@ command line.
 
 from __future__ import annotations
 
+import contextlib
 import grp
+import importlib
 import os
 import pwd
 import signal
@@ -67,6 +69,39 @@ def create_app(
         broker_url=broker_url,
     )
     return app
+
+
+#: Modules a gevent worker imports only after the fork (monkey-patching, IDNA host
+#: names). They are imported before privileges are dropped, since the new user may be
+#: unable to read the Python installation (an interpreter under root's home directory).
+PRELOAD = (
+    "_threading_local",
+    "concurrent.futures.thread",
+    "encodings.idna",
+    "stringprep",
+    "subprocess",
+    "gevent.events",
+    "gevent.local",
+    "gevent.monkey",
+    "gevent.monkey._patch_thread_common",
+    "gevent.monkey._patch_thread_lt313",
+    "gevent.monkey._patch_thread_gte313",
+    "gevent.select",
+    "gevent.selectors",
+    "gevent.signal",
+    "gevent.ssl",
+    "gevent.subprocess",
+    "gevent.thread",
+    "gevent.threading",
+    "gevent.time",
+)
+
+
+def preload() -> None:
+    """Import :data:`PRELOAD` (names missing from this gevent version are skipped)."""
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
 
 
 def end_streams(app: Flask) -> None:
@@ -197,7 +232,9 @@ class HubApplication(BaseApplication):  # type: ignore[misc]
 
     def _when_ready(self, arbiter: Any) -> None:
         # The sockets are bound: only now may a privileged port be given up.
-        self.identity.apply()
+        if self.identity:
+            preload()
+            self.identity.apply()
         for listener in arbiter.LISTENERS:
             print(self.banner.format(address=f"{listener}{self.path}"), flush=True)
 

@@ -1,0 +1,255 @@
+"""The ``flask-signal`` command, run as a real process: options, privileges, CORS, shutdown."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+
+from flask_signal import __version__
+from flask_signal.client import Peer, SignalError
+from tests.support import ROOT, free_port, wait_for_port
+
+
+@dataclass
+class Command:
+    """``python -m flask_signal`` on a free port."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    prefix: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.prefix}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def worker_pids(self) -> list[int]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(pid) for pid in children.read_text().split()]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def run_command(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """Run the command to completion (for options that exit at once)."""
+    return subprocess.run(
+        [sys.executable, "-m", "flask_signal", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def command(tmp_path: Path) -> Iterator[Callable[..., Command]]:
+    """Start commands for one test; every one is stopped, or killed, afterwards."""
+    started: list[Command] = []
+
+    def start(*args: str, prefix: str = "") -> Command:
+        port = free_port()
+        log = tmp_path / f"command-{port}.log"
+        argv = [sys.executable, "-m", "flask_signal", "-p", str(port), "--log-level", "warning"]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen([*argv, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        cmd = Command(proc, port, log, prefix)
+        started.append(cmd)
+        try:
+            wait_for_port(port, proc)
+        except Exception:
+            raise RuntimeError(f"command did not start:\n{cmd.output()}") from None
+        # Workers are forked just after the port is bound; wait for one.
+        deadline = time.monotonic() + 10
+        while not cmd.worker_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return cmd
+
+    yield start
+    for cmd in started:
+        if cmd.proc.poll() is None:
+            cmd.proc.kill()
+            cmd.proc.wait(5)
+
+
+def ids(pid: int) -> dict[str, list[int]]:
+    """The Uid, Gid and Groups lines of a process's status."""
+    found = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("Uid", "Gid", "Groups"):
+            found[name] = [int(v) for v in value.split()]
+    return found
+
+
+# -- options ---------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    for flag in ("-V", "--version"):
+        done = run_command(flag)
+        assert done.returncode == 0
+        assert done.stdout.strip() == f"flask-signal {__version__}"
+
+
+def test_help() -> None:
+    done = run_command("--help")
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: flask-signal")
+    for option in ("--port", "--bind", "--uid", "--gid", "--workers", "--prefix", "--limit",
+                   "--cors", "--ping", "--broker", "--log-level", "--version"):  # fmt: skip
+        assert option in done.stdout
+    assert run_command("-h").stdout == done.stdout
+
+
+def test_several_workers_need_a_shared_broker() -> None:
+    done = run_command("-w", "2", "-p", str(free_port()))
+    assert done.returncode == 2
+    assert "memory://" in done.stderr
+    assert "--broker redis://" in done.stderr
+    assert done.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--limit", "lots"], "--limit"),
+        (["-u", "no-such-user-here"], "no such user"),
+        (["-g", "no-such-group-here"], "no such group"),
+        (["-p", "70000"], "--port"),
+        (["--ping", "-1"], "--ping"),
+    ],
+)
+def test_bad_options_exit_2(args: list[str], message: str) -> None:
+    done = run_command(*args)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_prints_where_it_listens_and_serves(command: Callable[..., Command]) -> None:
+    cmd = command()
+    assert f"flask-signal listening on http://127.0.0.1:{cmd.port}\n" in cmd.output()
+    with Peer(cmd.url, timeout=(5, 5)) as peer:
+        assert peer.initiator and peer.id and peer.cid and peer.token
+
+
+def test_prefix(command: Callable[..., Command]) -> None:
+    cmd = command("--prefix", "/signal", prefix="/signal")
+    assert f"listening on http://127.0.0.1:{cmd.port}/signal\n" in cmd.output()
+    with Peer(cmd.url, timeout=(5, 5)) as owner:
+        owner.send("hi")
+        assert next(iter(owner)) == ("signal", "hi")
+    with pytest.raises(SignalError) as refused:
+        Peer(f"http://127.0.0.1:{cmd.port}", timeout=(5, 5)).connect()
+    assert refused.value.status == 404
+
+
+# -- privileges ------------------------------------------------------------------------
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="dropping privileges needs root")
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["names", "numbers"])
+def test_drops_privileges_after_binding(command: Callable[..., Command], how: str) -> None:
+    nobody = pwd.getpwnam("nobody")
+    nogroup = grp.getgrnam("nogroup")
+    if how == "names":
+        cmd = command("-u", "nobody", "-g", "nogroup")
+        gid = nogroup.gr_gid
+    else:
+        # A uid alone: the process takes that user's own group, not root's.
+        cmd = command("-u", str(nobody.pw_uid))
+        gid = nobody.pw_gid
+    for pid in [cmd.proc.pid, *cmd.worker_pids()]:
+        status = ids(pid)
+        assert status["Uid"] == [nobody.pw_uid] * 4, pid
+        assert status["Gid"] == [gid] * 4, pid
+        assert 0 not in status["Groups"], pid
+    # Still serving, as nobody.
+    with Peer(cmd.url, timeout=(5, 5)) as peer:
+        peer.send({"as": "nobody"})
+        assert next(iter(peer)) == ("signal", {"as": "nobody"})
+    assert cmd.stop() == 0
+
+
+# -- CORS ------------------------------------------------------------------------------
+
+
+def test_cors_on_streams_errors_and_preflight(command: Callable[..., Command]) -> None:
+    cmd = command()
+    origin = {"Origin": "http://example.org"}
+    with requests.get(
+        cmd.url, headers={"Accept": "text/event-stream", **origin}, stream=True, timeout=5
+    ) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["Access-Control-Allow-Origin"] == "*"
+    missing = requests.get(f"{cmd.url}/{'0' * 32}", headers=origin, timeout=5)
+    assert missing.status_code == 404
+    assert missing.headers["Access-Control-Allow-Origin"] == "*"
+    assert "error" in missing.json()
+    preflight = requests.options(
+        f"{cmd.url}/{'0' * 32}",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Content-Type",
+        },
+        timeout=5,
+    )
+    assert preflight.status_code == 200
+    assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "content-type" in preflight.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_cors_off(command: Callable[..., Command]) -> None:
+    cmd = command("--cors", "")
+    missing = requests.get(f"{cmd.url}/{'0' * 32}", headers={"Origin": "http://x.org"}, timeout=5)
+    assert missing.status_code == 404
+    assert "Access-Control-Allow-Origin" not in missing.headers
+
+
+# -- shutdown --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_ends_open_streams_and_exits_0(command: Callable[..., Command], sig: int) -> None:
+    cmd = command()
+    owner = Peer(cmd.url, timeout=(5, 10)).connect()
+    peer = Peer(cmd.url, owner.id, timeout=(5, 10)).connect()
+    other = Peer(cmd.url, timeout=(5, 10)).connect()  # a second swarm
+    closes: list[object] = []
+    for p in (owner, peer, other):
+        p.on("close", closes.append).start()
+    started = time.monotonic()
+    cmd.proc.send_signal(sig)
+    assert cmd.proc.wait(8) == 0
+    assert time.monotonic() - started < 6
+    for p in (owner, peer, other):
+        assert p.wait(5), p
+        assert p.error is None, p.error  # a clean end of stream, not a broken connection
+    assert closes == [None, None, None]
