@@ -91,6 +91,22 @@ def create_app() -> Flask:
         signal.close(channel)
         return jsonify(ok=True)
 
+    @app.post("/_test/compat_channel")
+    def compat_channel() -> Any:
+        """Publish, drop the channel's streams, publish again while clients reconnect."""
+        import gevent
+
+        def run() -> None:
+            with app.app_context():
+                signal.publish("compat", "first")
+                gevent.sleep(0.1)
+                signal.close("compat")
+                gevent.sleep(0.05)
+                signal.publish("compat", "second")
+
+        gevent.spawn(run)
+        return jsonify(ok=True)
+
     @app.get("/_test/stats")
     def stats() -> Any:
         return jsonify(
