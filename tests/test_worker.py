@@ -1,0 +1,428 @@
+"""flask_signal.worker.GeventWorker under a real gunicorn, spoken to over raw sockets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+WORKER = "flask_signal.worker.GeventWorker"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Gunicorn:
+    """A gunicorn master with one GeventWorker, in a subprocess."""
+
+    def __init__(self, app: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [GUNICORN, "-k", WORKER, "-w", "1", "-b", f"127.0.0.1:{self.port}",
+             "--graceful-timeout", "5", "--keep-alive", "5", *args, app],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited: {self.stderr()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("gunicorn did not start listening")
+
+    def connect(self) -> Client:
+        return Client(socket.create_connection(("127.0.0.1", self.port), timeout=5))
+
+    def get(self, path: str) -> Any:
+        with self.connect() as client:
+            client.send(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            status, _, body = client.response()
+            assert status == 200, body
+            return json.loads(body)
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read().decode() if self.proc.stderr else ""
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        return self.proc.returncode
+
+
+class Client:
+    """A raw HTTP/1.1 connection with a small response reader."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _more(self) -> bytes:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return data
+
+    def _until(self, marker: bytes) -> bytes:
+        while marker not in self.buf:
+            if not self._more():
+                raise EOFError(f"closed before {marker!r}; got {self.buf!r}")
+        out, _, self.buf = self.buf.partition(marker)
+        return out
+
+    def _exactly(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            if not self._more():
+                raise EOFError(f"closed after {len(self.buf)} of {n} bytes")
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        lines = self._until(b"\r\n\r\n").decode("latin-1").split("\r\n")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(lines[0].split()[1]), headers
+
+    def chunk(self) -> bytes:
+        """One chunk of a chunked body (b"" for the last one)."""
+        size = int(self._until(b"\r\n"), 16)
+        data = self._exactly(size)
+        assert self._exactly(2) == b"\r\n"
+        return data
+
+    def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
+        status, headers = self.head()
+        if head_only:
+            return status, headers, b""
+        if headers.get("transfer-encoding") == "chunked":
+            body = b""
+            while piece := self.chunk():
+                body += piece
+        elif "content-length" in headers:
+            body = self._exactly(int(headers["content-length"]))
+        else:
+            while self._more():
+                pass
+            body, self.buf = self.buf, b""
+        return status, headers, body
+
+    def closed(self) -> bool:
+        """Whether the server has closed the connection (after what was buffered)."""
+        return not self.buf and self.sock.recv(1) == b""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Gunicorn]:
+    srv = Gunicorn("tests.worker_apps:app")
+    yield srv
+    assert srv.stop() == 0
+
+
+def get(path: str, extra: str = "", version: str = "1.1") -> bytes:
+    return f"GET {path} HTTP/{version}\r\nHost: test\r\n{extra}\r\n".encode()
+
+
+def test_keep_alive_serves_several_requests_on_one_connection(server: Gunicorn) -> None:
+    with server.connect() as client:
+        for i in range(5):
+            client.send(get(f"/environ?n={i}"))
+            status, headers, body = client.response()
+            assert status == 200
+            assert headers["connection"] == "keep-alive"
+            assert json.loads(body)["QUERY_STRING"] == f"n={i}"
+        assert "date" in headers and headers["server"] == "gunicorn"
+
+
+def test_pipelined_requests_are_answered_in_order(server: Gunicorn) -> None:
+    body = b"pipelined body"
+    post = b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    with server.connect() as client:
+        client.send(get("/environ?a") + post + get("/environ?b"))
+        answers = [json.loads(client.response()[2]) for _ in range(3)]
+    assert answers[0]["QUERY_STRING"] == "a"
+    assert answers[1] == {"method": "POST", "length": len(body), "body": body.decode()}
+    assert answers[2]["QUERY_STRING"] == "b"
+
+
+def test_chunked_request_body_is_read_whole_and_counted(server: Gunicorn) -> None:
+    parts = [b"hello ", b"chunked\n", b"world" * 1000]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+    head = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with server.connect() as client:
+        client.send(head)
+        time.sleep(0.05)  # the body comes later, in pieces
+        for i in range(0, len(chunked), 1000):
+            client.send(chunked[i : i + 1000])
+        status, _, body = client.response()
+        assert status == 200
+        assert json.loads(body)["length"] == sum(map(len, parts))
+        # read(3) in a loop and readline() see the same bytes
+        client.send(head.replace(b"/echo", b"/chunks") + chunked)
+        assert json.loads(client.response()[2])["body"] == b"".join(parts).decode()
+        client.send(head.replace(b"/echo", b"/echo?lines") + chunked)
+        assert json.loads(client.response()[2])["body"] == b"".join(parts).decode()
+
+
+def test_unread_body_is_skipped_before_the_next_request(server: Gunicorn) -> None:
+    body = b"x" * 5000
+    with server.connect() as client:
+        client.send(b"POST /environ HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n" + body)
+        assert client.response()[0] == 200
+        client.send(get("/environ?after"))
+        assert json.loads(client.response()[2])["QUERY_STRING"] == "after"
+
+
+def test_http_1_0_closes_unless_keep_alive(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(get("/environ", version="1.0"))
+        status, headers, body = client.response()
+        assert status == 200 and headers["connection"] == "close"
+        assert json.loads(body)["SERVER_PROTOCOL"] == "HTTP/1.0"
+        assert client.closed()
+    with server.connect() as client:
+        for _ in range(2):
+            client.send(get("/environ", "Connection: keep-alive\r\n", version="1.0"))
+            status, headers, _ = client.response()
+            assert status == 200 and headers["connection"] == "keep-alive"
+        # no length known: HTTP/1.0 gets the body delimited by the close
+        client.send(get("/nolength", "Connection: keep-alive\r\n", version="1.0"))
+        status, headers, body = client.response()
+        assert body == b"abcdef" and "transfer-encoding" not in headers
+        assert client.closed()
+
+
+def test_head_sends_no_body_and_keeps_the_connection(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(b"HEAD /environ HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, headers, _ = client.response(head_only=True)
+        assert status == 200 and int(headers["content-length"]) > 0
+        client.send(get("/environ?next"))
+        status, _, body = client.response()  # a HEAD body would corrupt this one
+        assert json.loads(body)["QUERY_STRING"] == "next"
+
+
+def test_expect_100_continue(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n"
+        )
+        assert client.head() == (100, {})
+        client.send(b"ping")
+        status, _, body = client.response()
+        assert status == 200 and json.loads(body)["body"] == "ping"
+
+
+def test_app_error_is_a_500_and_the_connection_goes_on(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(get("/error"))
+        status, _, body = client.response()
+        assert status == 500 and body == b"Internal Server Error"
+        client.send(get("/environ?after"))
+        assert json.loads(client.response()[2])["QUERY_STRING"] == "after"
+
+
+def test_streamed_chunks_arrive_as_they_are_yielded(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(get("/stream"))
+        status, headers = client.head()
+        assert status == 200 and headers["transfer-encoding"] == "chunked"
+        # the app now waits for /release: the first chunk must be here already
+        assert client.chunk() == b"first\n"
+        assert server.get("/release") == {"released": True}
+        assert client.chunk() == b"second\n"
+        assert client.chunk() == b""
+        client.send(get("/environ?after"))  # the connection is still usable
+        assert json.loads(client.response()[2])["QUERY_STRING"] == "after"
+
+
+def test_write_callable_and_empty_chunks(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(get("/write") + get("/nolength"))
+        assert client.response()[2] == b"written,returned"
+        assert client.response()[2] == b"abcdef"
+
+
+def wait_for(check: Any, timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_close_is_called_when_the_client_disconnects(server: Gunicorn) -> None:
+    before = server.get("/state")["closed"]
+    client = server.connect()
+    client.send(get("/ticks"))
+    client.head()
+    assert client.chunk() == b"tick\n"
+    client.sock.close()
+    wait_for(lambda: server.get("/state")["closed"] > before)
+
+
+def test_gunicorn_socket_shows_the_clients_eof_while_streaming(server: Gunicorn) -> None:
+    before = server.get("/state")
+    client = server.connect()
+    client.send(get("/watch"))
+    client.head()
+    assert client.chunk() == b"watching\n"
+    client.sock.close()
+    wait_for(lambda: server.get("/state")["eof_seen"] > before["eof_seen"])
+    wait_for(lambda: server.get("/state")["closed"] > before["closed"])
+
+
+def test_environ(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(
+            b"POST /environ/caf%C3%A9%20x?q=%20a&b=2 HTTP/1.1\r\nHost: example.org:81\r\n"
+            b"X-Multi: one\r\nX-Multi: two\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        env = json.loads(client.response()[2])
+    assert env["REQUEST_METHOD"] == "POST"
+    assert env["PATH_INFO"] == "/environ/caf\u00c3\u00a9 x"  # UTF-8 bytes read as latin-1
+    assert env["QUERY_STRING"] == "q=%20a&b=2"
+    assert env["RAW_URI"] == "/environ/caf%C3%A9%20x?q=%20a&b=2"
+    assert env["SCRIPT_NAME"] == ""
+    assert env["HTTP_X_MULTI"] == "one,two"
+    assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "0"
+    assert env["HTTP_HOST"] == "example.org:81"
+    assert (env["SERVER_NAME"], env["SERVER_PORT"]) == ("127.0.0.1", str(server.port))
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["REMOTE_ADDR"] == "127.0.0.1" and int(env["REMOTE_PORT"]) > 0
+    assert env["wsgi.url_scheme"] == "http" and env["wsgi.input_terminated"] is True
+    assert env["version"] == [1, 0] and env["wsgi.multithread"] is True
+    assert env["socket"] is True and env["greenlet"] is True
+
+
+def test_bad_requests(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(get("/" + "a" * 5000))
+        status, headers, _ = client.response()
+        assert status in (400, 414) and headers["connection"] == "close"
+        assert client.closed()
+    with server.connect() as client:
+        client.send(get("/environ", "".join(f"X-H{i}: v\r\n" for i in range(150))))
+        assert client.response()[0] == 431
+    with server.connect() as client:
+        client.send(get("/environ", "X-Big: " + "v" * 9000 + "\r\n"))
+        assert client.response()[0] == 431
+    with server.connect() as client:
+        client.send(b"NOT HTTP AT ALL\r\n\r\n")
+        status, _, _ = client.response()
+        assert status == 400 and client.closed()
+    with server.connect() as client:
+        # a good request still answered before the garbage that follows it
+        client.send(get("/environ?ok") + b"\x00garbage\r\n\r\n")
+        assert client.response()[0] == 200
+        assert client.response()[0] == 400
+
+
+def test_flask_app_runs_unchanged() -> None:
+    srv = Gunicorn("tests.worker_apps:flask", env={"SCRIPT_NAME": "/mnt"})
+    try:
+        with srv.connect() as client:
+            payload = json.dumps({"a": [1, 2]}).encode()
+            client.send(
+                b"POST /mnt/json HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(payload), payload)
+            )
+            status, _, body = client.response()
+            assert status == 200
+            assert json.loads(body) == {"got": {"a": [1, 2]}, "length": len(payload)}
+            client.send(get("/mnt/hello/w%C3%B6rld?x=1"))
+            assert json.loads(client.response()[2]) == {"hello": "w\u00f6rld", "args": {"x": "1"}}
+            client.send(get("/elsewhere"))
+            assert client.response()[0] == 404
+    finally:
+        assert srv.stop() == 0
+
+
+def test_sigterm_lets_in_flight_requests_finish_and_exits_0() -> None:
+    srv = Gunicorn("tests.worker_apps:app", "--max-requests", "0")
+    try:
+        idle = srv.connect()  # a keep-alive connection between requests
+        idle.send(get("/environ"))
+        idle.response()
+        busy = srv.connect()
+        busy.send(get("/slow?1.0"))
+        time.sleep(0.3)
+        srv.proc.send_signal(signal.SIGTERM)
+        status, headers, body = busy.response()
+        assert status == 200 and json.loads(body) == {"slow": True}
+        assert headers["connection"] == "close"
+        assert idle.closed()  # ended without waiting out its keep-alive
+        assert srv.proc.wait(10) == 0
+    finally:
+        srv.stop()
+
+
+def test_max_requests_restarts_the_worker() -> None:
+    srv = Gunicorn("tests.worker_apps:app", "--max-requests", "3")
+    try:
+        first = srv.get("/state")["pid"]
+        for _ in range(2):
+            srv.get("/state")
+        wait_for(lambda: srv.get("/state")["pid"] != first, timeout=10)
+    finally:
+        assert srv.stop() == 0
+
+
+def test_streams_and_requests_concurrently(server: Gunicorn) -> None:
+    """Many clients at once: each gets its own answers, none blocks another."""
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            with server.connect() as client:
+                for i in range(20):
+                    client.send(get(f"/environ?{n}-{i}"))
+                    assert json.loads(client.response()[2])["QUERY_STRING"] == f"{n}-{i}"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not errors
