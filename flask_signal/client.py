@@ -32,7 +32,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.client import HTTPException
-from typing import Any
+from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
 import requests
@@ -43,11 +43,13 @@ from .sse import SSEParser
 
 __all__ = ["EVENTS", "ConnectionLost", "Peer", "SignalError", "SignalTimeout"]
 
-#: The events a peer dispatches to handlers.
-EVENTS = ("connect", "join", "leave", "signal", "close")
+#: The events a peer dispatches to handlers. ``error`` reports a send made
+#: before connecting that the hub refused; ``close`` comes last, once.
+EVENTS = ("connect", "join", "leave", "signal", "error", "close")
 
 Timeout = float | tuple[float | None, float | None] | None
 Handler = Callable[[Any], object]
+H = TypeVar("H", bound=Handler)
 
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
 
@@ -150,16 +152,23 @@ class Peer:
 
     # -- handlers ------------------------------------------------------------------
 
+    @overload
+    def on(self, event: str) -> Callable[[H], H]: ...
+
+    @overload
+    def on(self, event: str, handler: Handler) -> Peer: ...
+
     def on(self, event: str, handler: Handler | None = None) -> Any:
         """Call ``handler(data)`` for each ``event``; returns the peer, or works as a decorator.
 
         ``connect`` gets ``{"id", "cid", "token"}``; ``join``/``leave`` get
-        ``{"id", "cid"}``; ``signal`` gets the data sent; ``close`` gets
-        ``None`` after a clean end, else the exception that ended the stream.
+        ``{"id", "cid"}``; ``signal`` gets the data sent; ``error`` gets the
+        :class:`SignalError` of a buffered send the hub refused; ``close``
+        gets ``None`` after a clean end, else the exception that ended the stream.
         """
         if handler is None:
 
-            def register(fn: Handler) -> Handler:
+            def register(fn: H) -> H:
                 self._handlers.setdefault(event, []).append(fn)
                 return fn
 
@@ -178,8 +187,9 @@ class Peer:
 
         As in moshpit, a string ``_cid`` key in a dict is taken as ``cid`` and
         removed from the data. Before the stream is connected, sends are kept
-        and posted in order as soon as it is. Raises :class:`SignalError` when
-        the hub refuses a send made while connected.
+        and posted in order as soon as it is (a refused one then comes as an
+        ``error`` event). Raises :class:`SignalError` when the hub refuses a
+        send made while connected.
         """
         if isinstance(data, dict) and isinstance(data.get("_cid"), str):
             data = dict(data)
@@ -291,10 +301,14 @@ class Peer:
                     break
                 for event in parser.feed(chunk):
                     data = _loads(event.data)
-                    if event.event == "connect":
-                        self._on_connect(data, response)
+                    failed: list[SignalError] = []
+                    if event.event == "connect" and not self._connected.is_set():
+                        failed = self._on_connect(data)
                     self._emit(event.event, data)
                     yield event.event, data
+                    for error in failed:
+                        self._emit("error", error)
+                        yield "error", error
         except SignalError as exc:
             if not self._stop.is_set():
                 self.error = exc
@@ -348,7 +362,8 @@ class Peer:
                 return b""
             raise ConnectionLost(f"the stream broke off: {exc}") from exc
 
-    def _on_connect(self, data: Any, response: requests.Response) -> None:
+    def _on_connect(self, data: Any) -> list[SignalError]:
+        """Take the peer's identity and post the sends made before; returns those refused."""
         if not isinstance(data, dict):
             raise ConnectionLost(f"malformed connect frame: {data!r}")
         self.id, self.cid, self.token = data.get("id"), data.get("cid"), data.get("token")
@@ -356,11 +371,18 @@ class Peer:
         # read timeout means trouble (the hub pings meanwhile).
         if self._sock is not None:
             self._sock.settimeout(self.read_timeout)
+        failed = []
         with self._send_lock:
             self._connected.set()
             outbox, self._outbox = self._outbox, []
             for data_, cid in outbox:
-                self._post(data_, cid)
+                try:
+                    self._post(data_, cid)
+                except SignalError as exc:
+                    # Its caller is gone: report it as an event, and keep the
+                    # stream (an initiator leaving would end the whole swarm).
+                    failed.append(exc)
+        return failed
 
     def _finish(self) -> None:
         already = self.closed

@@ -236,6 +236,21 @@ def test_buffered_sends_arrive_in_order(peers: Callable[..., Peer]) -> None:
     assert [next_signal(events) for _ in range(6)] == [{"n": n} for n in range(6)]
 
 
+def test_refused_buffered_send_is_an_error_event(peers: Callable[..., Peer]) -> None:
+    owner = peers()
+    errors: list[SignalError] = []
+    owner.on("error", errors.append)
+    owner.send("x" * 2000)  # over the hub's 1kb limit
+    owner.send("fits")
+    events = iter(owner)
+    assert next(events)[0] == "connect"
+    event, error = next(events)
+    assert event == "error" and isinstance(error, SignalError) and error.status == 413
+    assert errors == [error]
+    assert next_signal(events) == "fits"  # the stream (and the swarm) go on
+    assert owner.connected
+
+
 def test_buffered_sends_of_a_joining_peer(peers: Callable[..., Peer]) -> None:
     owner = peers().connect()
     peer = peers(owner.id)
