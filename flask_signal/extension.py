@@ -109,6 +109,12 @@ class AppState:
     started: bool = False
     _stream_headers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
+    def start(self) -> None:
+        """Start the broker in the serving process: after any fork, since a
+        gunicorn master must not own listeners that its workers inherit."""
+        self.started = True
+        self.broker.start()
+
     def stream_headers(self, protocol: str) -> list[tuple[str, str]]:
         """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it."""
         cached = self._stream_headers.get(protocol)
@@ -146,10 +152,7 @@ def app_state(app: Flask) -> AppState:
     except KeyError:
         raise RuntimeError("flask_signal is not initialized on this app: call init_app") from None
     if not st.started:
-        # In the serving process, after any fork: listeners must not start in a
-        # gunicorn master that is about to fork its workers.
-        st.started = True
-        st.broker.start()
+        st.start()
     return st
 
 
@@ -333,13 +336,13 @@ class Signal:
             if isinstance(result, Response):
                 return result
             sub = result if isinstance(result, Subscription) else self.subscription(result)
+            bad = [name for name in sub.channels if not views.CHANNEL.fullmatch(name)]
+            if bad or not sub.channels:
+                raise ValueError(f"{view.__name__} returned invalid channel names: {bad!r}")
             initial = sub.initial_frame if sub.initial is not None else None
             try:
-                names = [views.CHANNEL.fullmatch(n) and n for n in sub.channels]
-                if not all(names):
-                    raise ValueError(f"invalid channel names {list(sub.channels)!r}")
                 return views.subscribe_response(st, sub.channels, initial)
-            except views._Refusal as exc:
+            except views.Refusal as exc:
                 return exc.response
 
         stream_view.__name__ = view.__name__

@@ -40,12 +40,15 @@ def error(status: int, message: str, headers: dict[str, str] | None = None) -> R
 
 
 def state() -> AppState:
-    from .extension import app_state
+    st: AppState = current_app.extensions["signal_state"]
+    if not st.started:
+        st.start()
+    return st
 
-    return app_state(current_app)
 
+class Refusal(Exception):
+    """A request refused before its stream opened; carries the answer."""
 
-class _Refusal(Exception):
     def __init__(self, response: Response) -> None:
         self.response = response
 
@@ -53,13 +56,13 @@ class _Refusal(Exception):
 def _check_stream_allowed(st: AppState, channels: Sequence[str] = ()) -> None:
     """Refusals shared by every stream: Accept, server model, client limits."""
     if not accepts_event_stream(request.headers.get("Accept")):
-        raise _Refusal(error(406, "this endpoint serves text/event-stream"))
+        raise Refusal(error(406, "this endpoint serves text/event-stream"))
     if not cooperative():
         log.error(
             "flask_signal streams need gevent: serve with `gunicorn -k gevent`, or call "
             "gevent.monkey.patch_all() before anything else when using another server"
         )
-        raise _Refusal(
+        raise Refusal(
             error(
                 500, "server misconfigured: SSE streams need a gevent worker (gunicorn -k gevent)"
             )
@@ -67,11 +70,11 @@ def _check_stream_allowed(st: AppState, channels: Sequence[str] = ()) -> None:
     limits = st.settings
     retry = {"Retry-After": str(limits.retry_after)}
     if limits.max_clients and st.broker.connection_count() >= limits.max_clients:
-        raise _Refusal(error(503, "too many clients on this server", retry))
+        raise Refusal(error(503, "too many clients on this server", retry))
     if limits.channel_max_clients:
         for name in channels:
             if st.broker.connection_count(name) >= limits.channel_max_clients:
-                raise _Refusal(error(503, f"too many clients on channel {name!r}", retry))
+                raise Refusal(error(503, f"too many clients on channel {name!r}", retry))
 
 
 def open_stream(
@@ -161,17 +164,18 @@ def join_swarm(swarm_id: str) -> Response:
     def attach(stream: Stream) -> tuple[Membership, bytes]:
         member = st.broker.join_swarm(swarm_id, stream)
         if member is None:
-            raise _Refusal(error(404, "no such swarm"))
+            raise Refusal(error(404, "no such swarm"))
         return member, b""
 
     return open_stream(st, "swarm", attach, lambda stream, m: st.broker.leave_swarm(m))
 
 
 def post_signal(swarm_id: str) -> Response:
-    broker = state().broker
+    st = state()
+    broker = st.broker
     if not broker.swarm_exists(swarm_id):
         return error(404, "no such swarm")
-    body = read_body(request.stream, state().settings.limit, request.content_length)
+    body = read_body(request.stream, st.settings.limit, request.content_length)
     fields = parse_body(request.content_type, body)
     token = fields.get("token")
     if not isinstance(token, str) or not token:
@@ -312,8 +316,8 @@ def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
     def bad_request(exc: BadRequest) -> Response:
         return error(exc.status, exc.message)
 
-    @bp.errorhandler(_Refusal)
-    def refused(exc: _Refusal) -> Response:
+    @bp.errorhandler(Refusal)
+    def refused(exc: Refusal) -> Response:
         return exc.response
 
     @bp.errorhandler(BrokerUnavailable)
