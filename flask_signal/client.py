@@ -128,6 +128,7 @@ class Peer:
         self._send_lock = threading.RLock()
         self._connected = threading.Event()
         self._done = threading.Event()
+        self._settled = threading.Event()  # connected, or ended without
         self._stop = threading.Event()  # close() was called
         self._response: requests.Response | None = None
         self._stream: requests.Session | None = None
@@ -236,11 +237,12 @@ class Peer:
         if timeout is None:
             timeout = self.connect_timeout
         if self._thread is not None:
-            if not self._connected.wait(timeout):
-                if self._done.is_set():
-                    raise self.error or ConnectionLost("the stream ended before connecting")
-                raise SignalTimeout("no connect frame in time")
-            return self
+            self._settled.wait(timeout)
+            if self._connected.is_set():
+                return self
+            if self._done.is_set():
+                raise self.error or ConnectionLost("the stream ended before connecting")
+            raise SignalTimeout("no connect frame in time")
         if self._connected.is_set():
             return self
         reader = self._events(timeout)
@@ -322,7 +324,13 @@ class Peer:
     def _open(self, connect_wait: float | None) -> requests.Response:
         self._stream = requests.Session()
         wait = connect_wait if connect_wait is not None else self.connect_timeout
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache", **self.headers}
+        headers = {
+            "Accept": "text/event-stream",
+            "Cache-Control": "no-cache",
+            # A compressed stream would be held back by the decompressor's buffering.
+            "Accept-Encoding": "identity",
+            **self.headers,
+        }
         try:
             response = self._stream.get(
                 self.stream_url, headers=headers, stream=True, timeout=(self.connect_timeout, wait)
@@ -374,6 +382,7 @@ class Peer:
         failed = []
         with self._send_lock:
             self._connected.set()
+            self._settled.set()
             outbox, self._outbox = self._outbox, []
             for data_, cid in outbox:
                 try:
@@ -394,10 +403,13 @@ class Peer:
         if self._stream is not None:
             self._stream.close()
         self._session.close()
-        if not already:
+        try:
+            if not already:
+                self._emit("close", self.error)
+        finally:
+            # After the handlers: wait() returning means they have run.
             self._done.set()
-            self._emit("close", self.error)
-        self._done.set()
+            self._settled.set()
 
     # -- closing -------------------------------------------------------------------
 

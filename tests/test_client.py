@@ -408,3 +408,12 @@ def test_hub_killed_mid_stream_raises(command: Callable[..., Command]) -> None: 
     with pytest.raises(ConnectionLost):
         list(owner)
     assert closes == [owner.error] and isinstance(owner.error, ConnectionLost)
+
+
+def test_connect_in_background_fails_fast(peers: Callable[..., Peer]) -> None:
+    peer = peers("0" * 32, timeout=(10, 10)).start()
+    started = time.monotonic()
+    with pytest.raises(SignalError) as refused:
+        peer.connect()
+    assert refused.value.status == 404
+    assert time.monotonic() - started < 5  # not the whole connect timeout
