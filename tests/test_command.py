@@ -18,6 +18,7 @@ import requests
 
 from flask_signal import __version__
 from flask_signal.client import Peer, SignalError
+from tests.redis_support import RedisServer, own_redis  # noqa: F401 - the fixture
 from tests.support import ROOT, free_port, wait_for_port
 
 
@@ -164,6 +165,26 @@ def test_prefix(command: Callable[..., Command]) -> None:
     with pytest.raises(SignalError) as refused:
         Peer(f"http://127.0.0.1:{cmd.port}", timeout=(5, 5)).connect()
     assert refused.value.status == 404
+
+
+def test_several_workers_with_redis(
+    command: Callable[..., Command],
+    own_redis: RedisServer,  # noqa: F811
+) -> None:
+    cmd = command("-w", "2", "--broker", own_redis.url)
+    deadline = time.monotonic() + 10
+    while len(cmd.worker_pids()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(cmd.worker_pids()) == 2
+    owner = Peer(cmd.url, timeout=(5, 5)).connect()
+    peers = [Peer(cmd.url, owner.id, timeout=(5, 5)).connect() for _ in range(4)]
+    try:
+        peers[-1].send({"to": "all"})
+        for peer in [owner, *peers]:
+            assert next(e for e in peer if e[0] == "signal") == ("signal", {"to": "all"})
+    finally:
+        for peer in [*peers, owner]:
+            peer.close()
 
 
 # -- privileges ------------------------------------------------------------------------
