@@ -6,6 +6,7 @@ import grp
 import os
 import pwd
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,8 +71,8 @@ def command(tmp_path: Path) -> Iterator[Callable[..., Command]]:
     """Start commands for one test; every one is stopped, or killed, afterwards."""
     started: list[Command] = []
 
-    def start(*args: str, prefix: str = "") -> Command:
-        port = free_port()
+    def start(*args: str, prefix: str = "", port: int | None = None) -> Command:
+        port = port or free_port()
         log = tmp_path / f"command-{port}.log"
         argv = [sys.executable, "-m", "flask_signal", "-p", str(port), "--log-level", "warning"]
         with open(log, "wb") as out:
@@ -93,6 +94,17 @@ def command(tmp_path: Path) -> Iterator[Callable[..., Command]]:
         if cmd.proc.poll() is None:
             cmd.proc.kill()
             cmd.proc.wait(5)
+
+
+def privileged_free_port() -> int:
+    for port in range(1023, 900, -1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 1024")
 
 
 def ids(pid: int) -> dict[str, list[int]]:
@@ -199,7 +211,8 @@ def test_drops_privileges_after_binding(command: Callable[..., Command], how: st
     nobody = pwd.getpwnam("nobody")
     nogroup = grp.getgrnam("nogroup")
     if how == "names":
-        cmd = command("-u", "nobody", "-g", "nogroup")
+        # A port only root may bind: the switch must come after binding.
+        cmd = command("-u", "nobody", "-g", "nogroup", port=privileged_free_port())
         gid = nogroup.gr_gid
     else:
         # A uid alone: the process takes that user's own group, not root's.
