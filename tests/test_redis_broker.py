@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from redis_support are parameters here
 """RedisBroker against a real Redis.
 
 Two brokers in this test process, each with its own LocalHub, stand for two
@@ -25,7 +26,7 @@ from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, parse_
 from flask_signal.brokers.redis import RedisBroker
 from flask_signal.hub import ENDED, LocalHub, Stream
 
-from .redis_support import RedisServer, own_redis, prefix, redis_url  # noqa: F401
+from .redis_support import RedisServer, own_redis, prefix, redis_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -33,7 +34,7 @@ Factory = Callable[..., RedisBroker]
 
 
 @pytest.fixture
-def make(redis_url: str, prefix: str) -> Iterator[Factory]:  # noqa: F811
+def make(redis_url: str, prefix: str) -> Iterator[Factory]:
     made: list[RedisBroker] = []
 
     def factory(url: str | None = None, **options: Any) -> RedisBroker:
@@ -141,7 +142,7 @@ def test_leave_reaches_the_initiator_and_initiator_leave_ends_every_stream(
     make: Factory,
 ) -> None:
     a, b = make(), make()
-    m1, s1, m2, s2 = swarm(a, b)
+    m1, s1, m2, _ = swarm(a, b)
     m3 = b.join_swarm(m1.id, s3 := stream())
     assert m3 is not None
     assert event_of(s3)[0] == "connect"
@@ -235,9 +236,7 @@ def ids_of(frames: list[bytes]) -> list[str]:
 
 
 def data_of(frame: bytes) -> str:
-    return "\n".join(
-        line[6:] for line in frame.decode().split("\n") if line.startswith("data: ")
-    )
+    return "\n".join(line[6:] for line in frame.decode().split("\n") if line.startswith("data: "))
 
 
 def test_publish_reaches_every_subscriber_once(make: Factory) -> None:
@@ -427,11 +426,24 @@ def test_epoch_loss_after_flushall_is_reported(own_redis: RedisServer, make: Fac
     assert not replay.lost and replay.frames == []
 
 
+def test_swarms_redis_forgot_end_and_newer_ones_stay(own_redis: RedisServer, make: Factory) -> None:
+    a, b = make(own_redis.url, heartbeat_interval=0.2, peer_ttl=0.6), make(own_redis.url)
+    _, old_initiator, _, old_peer = swarm(a, b)
+    redis.Redis.from_url(own_redis.url).flushall()
+    m1, s1, m2, s2 = swarm(a, b)
+    assert ended(old_initiator) == "broker unavailable"
+    assert b.signal(m1.id, "alive", token=m2.token) is Delivery.OK
+    assert event_of(s1) == ("signal", "alive")
+    assert event_of(s2) == ("signal", "alive")
+    assert ended(old_peer) == "broker unavailable"
+    assert not s1.ended and not s2.ended
+
+
 def test_one_pubsub_connection_per_process(own_redis: RedisServer, make: Factory) -> None:
     a, b = make(own_redis.url), make(own_redis.url)
     streams = []
-    for i in range(60):
-        m1, s1, m2, s2 = swarm(a, b)
+    for _ in range(60):
+        _, s1, _, s2 = swarm(a, b)
         streams += [s1, s2]
     for i in range(300):
         s = stream()
@@ -485,6 +497,6 @@ def test_a_dead_listener_is_restarted(make: Factory) -> None:
     listener.kill()
     assert ended(s1) == "broker unavailable"
     wait_until(lambda: a.stats()["pubsub_connected"])
-    m1, s1, m2, s2 = swarm(a, b)
+    m1, s1, _, s2 = swarm(a, b)
     assert a.signal(m1.id, "ok") is Delivery.OK
     assert event_of(s2) == ("signal", "ok")

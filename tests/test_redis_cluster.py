@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from redis_support are parameters here
 """End to end with Redis: gunicorn servers with several gevent workers sharing one Redis.
 
 Whichever worker or server a request lands on, swarms and channels behave as
@@ -18,14 +19,14 @@ import requests
 
 from tests.support import SSE, Peer, Server
 
-from .redis_support import RedisServer, own_redis, prefix, redis_url  # noqa: F401
+from .redis_support import RedisServer, own_redis, prefix, redis_url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
 
 MakeServer = Callable[..., Server]
 
 
-def settings(url: str, prefix: str) -> dict[str, Any]:  # noqa: F811
+def settings(url: str, prefix: str) -> dict[str, Any]:
     # A short heartbeat, so that a killed server is noticed within the test.
     options = {"prefix": prefix, "heartbeat_interval": 0.5, "peer_ttl": 1.5}
     return {"broker_url": url, "broker_options": options}
@@ -41,8 +42,8 @@ def kill_9(server: Server) -> None:
 
 def test_swarm_across_servers_and_workers(
     make_server: MakeServer,
-    redis_url: str,  # noqa: F811
-    prefix: str,  # noqa: F811
+    redis_url: str,
+    prefix: str,
 ) -> None:
     one = make_server(settings(redis_url, prefix), workers=2)
     two = make_server(settings(redis_url, prefix), workers=2)
@@ -62,7 +63,8 @@ def test_swarm_across_servers_and_workers(
         for who in (initiator, *peers[:5]):
             assert who.sse.quiet(0.2) == []
         # Bad tokens and unknown cids answer as with one process.
-        bad = requests.post(f"{two.url}/{initiator.id}", json={"token": "0" * 32, "data": 1}, timeout=5)
+        forged = {"token": "0" * 32, "data": 1}
+        bad = requests.post(f"{two.url}/{initiator.id}", json=forged, timeout=5)
         assert bad.status_code == 401
         assert peers[1].post(one.url, 1, cid="f" * 32).status_code == 404
         # A peer leaving on one server reaches the initiator on the other.
@@ -81,8 +83,8 @@ def test_swarm_across_servers_and_workers(
 
 def test_kill_9_of_a_server_is_noticed(
     make_server: MakeServer,
-    redis_url: str,  # noqa: F811
-    prefix: str,  # noqa: F811
+    redis_url: str,
+    prefix: str,
 ) -> None:
     survivor = make_server(settings(redis_url, prefix))
     doomed = make_server(settings(redis_url, prefix), workers=2)
@@ -108,8 +110,8 @@ def test_kill_9_of_a_server_is_noticed(
 
 def test_redis_stop_answers_503_then_serves_again(
     make_server: MakeServer,
-    own_redis: RedisServer,  # noqa: F811
-    prefix: str,  # noqa: F811
+    own_redis: RedisServer,
+    prefix: str,
 ) -> None:
     server = make_server(settings(own_redis.url, prefix), workers=2)
     peer = Peer.open(server.url)
@@ -148,8 +150,8 @@ def test_redis_stop_answers_503_then_serves_again(
 
 def test_streams_share_one_pubsub_connection_per_worker(
     make_server: MakeServer,
-    own_redis: RedisServer,  # noqa: F811
-    prefix: str,  # noqa: F811
+    own_redis: RedisServer,
+    prefix: str,
 ) -> None:
     server = make_server(settings(own_redis.url, prefix), workers=2)
     streams = []

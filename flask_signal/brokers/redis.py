@@ -584,7 +584,7 @@ class RedisBroker(Broker):
         self.pool = redis.BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
-            timeout=connect_timeout,
+            timeout=socket_timeout,  # how long a command waits for a free connection
             socket_timeout=socket_timeout,
             socket_connect_timeout=connect_timeout,
             # One retry: a pooled connection may predate a Redis restart.
@@ -1081,12 +1081,17 @@ class RedisBroker(Broker):
             self._orphans.pop(0)
 
     def _fence(self) -> None:
-        """Redis forgot this process (it missed heartbeats, or lost its data): other
-        processes may have reaped its peers, so its swarm streams end."""
-        streams = [s for peers in self._peers.values() for s in peers.values()]
-        streams += self._joining.values()
-        log.warning("heartbeat had expired; ending %d swarm streams of this process", len(streams))
-        for stream in streams:
+        """Redis forgot this process (it missed heartbeats and was reaped, or Redis lost
+        its data): end the local streams of peers Redis no longer knows, whose swarms
+        would never deliver to them again."""
+        local = [(sid, cid, s) for sid, peers in self._peers.items() for cid, s in peers.items()]
+        pipe = self.redis.pipeline(transaction=False)
+        for swarm_id, cid, _ in local:
+            pipe.hexists(self._swarm_key(swarm_id), f"k:{cid}")
+        gone = [s for (_, _, s), known in zip(local, pipe.execute(), strict=True) if not known]
+        if gone:
+            log.warning("heartbeat had expired; ending %d swarm streams Redis forgot", len(gone))
+        for stream in gone:
             stream.end("broker unavailable")
 
     def _reaper_loop(self) -> None:
