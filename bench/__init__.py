@@ -1,0 +1,1 @@
+"""flask_signal's benchmark: ``python -m bench`` (see bench/README.md)."""
