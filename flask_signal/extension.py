@@ -24,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "url_prefix": "/signal",
     "broker_url": "memory://",
     "broker_options": {},
+    "redis_prefix": "signal:",
     "ping_interval": 15.0,
     "cors": None,
     "create_status": 200,
@@ -56,6 +57,7 @@ class Settings:
     url_prefix: str
     broker_url: str
     broker_options: Mapping[str, Any]
+    redis_prefix: str
     ping_interval: float
     cors: Any
     create_status: int
@@ -194,12 +196,15 @@ class Signal:
 
     def init_app(self, app: Flask) -> None:
         settings = Settings.resolve(app.config, self._overrides)
+        options = dict(settings.broker_options)
+        if not settings.broker_url.startswith("memory:"):
+            options.setdefault("prefix", settings.redis_prefix)
         broker = from_url(
             settings.broker_url,
             hub=LocalHub(),
             sender=app,
             history_size=settings.history_size,
-            **dict(settings.broker_options),
+            **options,
         )
         app.extensions["signal"] = self
         app.extensions["signal_state"] = AppState(settings, broker)
@@ -208,7 +213,13 @@ class Signal:
             from flask_cors import CORS
 
             origins = "*" if settings.cors is True else settings.cors
-            CORS(blueprint, origins=origins, expose_headers=["Retry-After"])
+            # send_wildcard: answer "*" itself rather than echoing each Origin.
+            CORS(
+                blueprint,
+                origins=origins,
+                send_wildcard=origins == "*",
+                expose_headers=["Retry-After"],
+            )
         app.register_blueprint(blueprint)
         self._apps.append(app)
         for rule, options, view in self._streams:
@@ -273,6 +284,14 @@ class Signal:
         """End every stream of ``channel``; clients reconnect after their retry delay."""
         self.broker.close_channel(channel)
 
+    def shutdown(self) -> None:
+        """End every stream of this process and release the broker's connections.
+
+        For a server's shutdown hook: streams never finish by themselves, so a
+        graceful shutdown would otherwise wait its whole timeout for them.
+        """
+        self.broker.close()
+
     def connection_count(self, channel: str | None = None) -> int:
         """Open streams in this process, all or on one channel."""
         return self.broker.connection_count(channel)
@@ -281,12 +300,13 @@ class Signal:
         """Counts for this process: swarms, streams, channels, overflowed clients."""
         broker = self.broker
         return {
-            "broker": broker.url,
+            "broker": broker.url.partition("://")[0],  # never the URL: it may hold a password
             "swarms": broker.swarm_count(),
             "streams": broker.hub.count(),
             "peers": len(broker.hub.peers),
             "channels": len(broker.hub.channels),
             "overflows": broker.hub.overflows,
+            **broker.stats(),
         }
 
     def subscription(

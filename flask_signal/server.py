@@ -106,9 +106,10 @@ def preload() -> None:
 
 def end_streams(app: Flask) -> None:
     """End every stream of this process, so a graceful shutdown has no open request to wait for."""
-    state = app.extensions.get("signal_state")
-    if state is not None:
-        state.broker.close()
+    extension = app.extensions.get("signal")
+    if extension is not None:
+        with app.app_context():
+            extension.shutdown()
 
 
 # -- privileges ------------------------------------------------------------------------

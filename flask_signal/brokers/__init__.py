@@ -187,6 +187,10 @@ class Broker(ABC):
     def close_channel(self, channel: str) -> None:
         """End every stream subscribed to ``channel``, in every process."""
 
+    def stats(self) -> dict[str, Any]:
+        """Broker-specific figures for :meth:`Signal.stats`."""
+        return {}
+
     def connection_count(self, channel: str | None = None) -> int:
         """Open streams of this process, all or on one channel."""
         return self.hub.count(channel)

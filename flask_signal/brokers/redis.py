@@ -701,7 +701,6 @@ class RedisBroker(Broker):
     def stats(self) -> dict[str, Any]:
         """What this process holds, for monitoring."""
         return {
-            "broker": "redis",
             "process": self.process,
             "pubsub_connected": self._listener.connected,
             "topics": sum(1 for t in self._listener.topics.values() if t.refs > 0),
