@@ -68,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument(
         "--concurrency", type=int, default=200, help="streams being set up at once (default 200)"
     )
+    g.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each scenario, each on a fresh server; the median is reported",
+    )
     g = p.add_argument_group("sizes")
     g.add_argument(
         "--capacity-n", type=int, default=2000, help="capacity: idle streams (default 2000)"
@@ -275,13 +281,14 @@ def main(argv: list[str] | None = None) -> int:
             "worker_connections": 20000,
             "ulimit_n": fds,
             "concurrency": args.concurrency,
+            "repeat": args.repeat,
             "brokers": {b: f"{BROKERS[b]} worker(s)" for b in brokers},
         },
     }
     results = []
     for broker in brokers:
         for name in names:
-            result = run_one(args, name, broker, say)
+            result = report.merge([run_one(args, name, broker, say) for _ in range(args.repeat)])
             print(json.dumps(result), flush=True)
             results.append(result)
     doc = {"meta": meta, "results": results}

@@ -117,6 +117,14 @@ def client_connections(pids: list[int], port: int) -> int:
     return count
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all cores spent on anything but idling, from /proc/stat."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is inside user)
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / TICK
+
+
 def own_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

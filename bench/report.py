@@ -22,6 +22,41 @@ HIGHER_IS_BETTER = {
 }
 
 
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Repeated runs of one scenario as one result: the median of each figure.
+
+    Every run's checks must hold; any generator-bound or contended run marks
+    the result. The runs themselves are kept under ``runs``.
+    """
+    if len(runs) == 1:
+        return runs[0]
+    bad = [r for r in runs if r["status"] != "ok"]
+    if bad:
+        return {**bad[0], "runs": runs}
+    merged = dict(runs[0])
+    merged["metrics"] = {
+        name: round(median([r["metrics"][name] for r in runs]), 3) for name in runs[0]["metrics"]
+    }
+    cpu: dict[str, Any] = {}
+    for name, value in runs[0]["cpu"].items():
+        values = [r["cpu"][name] for r in runs]
+        if isinstance(value, bool):
+            cpu[name] = any(values)
+        elif isinstance(value, (int, float)):
+            cpu[name] = round(median(values), 3)
+    merged["cpu"] = cpu
+    merged["checks"] = {**runs[-1]["checks"], "ok": all(r["checks"]["ok"] for r in runs)}
+    merged["generator_bound"] = cpu["generator_bound"]
+    merged["runs"] = [{k: r[k] for k in ("metrics", "checks", "cpu")} for r in runs]
+    return merged
+
+
 def key(result: dict[str, Any]) -> tuple[str, str]:
     return result["scenario"], result["broker"]
 
@@ -42,6 +77,8 @@ def table(results: list[dict[str, Any]]) -> str:
             detail = "  ".join(f"{k}={v:g}" for k, v in r["metrics"].items())
             if cpu.get("generator_bound"):
                 detail += "  [generator-bound]"
+            if cpu.get("contended"):
+                detail += f"  [contended: other processes used {cpu['others']:.0%} of a core]"
         else:
             detail = str(r.get("reason", ""))[:200]
         lines.append(

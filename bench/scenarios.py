@@ -18,7 +18,7 @@ from time import perf_counter
 from typing import Any
 
 from .loop import HttpClient, Loop, SSEClient
-from .procs import Server, cpu_seconds, own_cpu_seconds
+from .procs import Server, cpu_seconds, machine_busy_seconds, own_cpu_seconds
 
 PREFIX = "/signal"
 
@@ -50,6 +50,7 @@ class Meter:
         self.t0 = perf_counter()
         self.gen0 = own_cpu_seconds()
         self.cpu0 = {pid: cpu_seconds(pid) for pid in ctx.server.server_pids()}
+        self.machine0 = machine_busy_seconds()
 
     def stop(self) -> dict[str, Any]:
         wall = perf_counter() - self.t0
@@ -60,6 +61,8 @@ class Meter:
         everything = [*workers, *([redis] if redis is not None else [])]
         # Pinned, the server's processes share one core; else each has its own.
         busy = sum(everything) if self.ctx.pinned else max(everything)
+        # Whatever else ran on the machine meanwhile took CPU from one side or the other.
+        others = (machine_busy_seconds() - self.machine0) / wall - gen - sum(everything)
         return {
             "seconds": round(wall, 3),
             "generator": round(gen, 3),
@@ -67,7 +70,9 @@ class Meter:
             "workers": workers,
             "redis": redis,
             "server_core_busy": round(busy, 3),
+            "others": round(max(others, 0.0), 3),
             "generator_bound": gen >= 0.9 and busy < 0.9,
+            "contended": others > 0.25,
         }
 
 
