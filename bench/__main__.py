@@ -126,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="FILE",
         help=f"also write the results as a baseline (default {BASELINE.relative_to(ROOT)})",
     )
+    g.add_argument("--note", default="", help="a remark stored in the results' meta")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     return p.parse_args(argv)
 
@@ -273,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         **machine(),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "note": args.note,
         "command": "python -m bench " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "settings": {
             "worker_class": args.worker_class,
