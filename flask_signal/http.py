@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from email.utils import formatdate
@@ -136,7 +135,7 @@ class Request:
         self.discard = 0  # >0: drop body bytes, counting them
         self.expect = 0  # 1: client awaits "100 Continue", 2: it was sent
         self.keep_alive = False
-        self.headers: list[tuple[str, str]] = []
+        self.headers: list[tuple[str, str]] | None = None
         self.method = "GET"
         self.uri = ""
         self.version = (1, 1)
@@ -458,7 +457,8 @@ class Connection:
             and server.trusted_proxy(addr)
         )
         self.parser: Any = httptools.HttpRequestParser(self)
-        self.queue: deque[Request] = deque()
+        # A list, not a deque: pipelining is rare and an empty deque costs 600 bytes.
+        self.queue: list[Request] = []
         self.current: Request | None = None
         self.error: BaseException | None = None
         self.url = b""
@@ -643,8 +643,11 @@ class Connection:
             return 0
         if not n:
             return 0
+        parser = self.parser
+        if parser is None:  # dropped while a response streamed
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
-            self.parser.feed_data(_VIEW[:n])
+            parser.feed_data(_VIEW[:n])
         except httptools.HttpParserUpgrade:
             pass  # what follows is not HTTP/1: the connection ends after this request
         except httptools.HttpParserCallbackError as exc:
@@ -681,7 +684,7 @@ class Connection:
             while True:
                 if queue:
                     served = True
-                    if not self.handle(queue.popleft()):
+                    if not self.handle(queue.pop(0)):
                         break
                     continue
                 if self.error is not None:
@@ -913,6 +916,10 @@ class Connection:
             assert req is not None
             head = self.head(req, None)
             self.headers_sent = True
+            if self.chunked and self.current is None and not self.queue and req.complete:
+                # A stream may idle for hours: it needs no parser until it
+                # ends (fill() makes a new one), and a parser is ~1 KB.
+                self.parser = None
         if self.no_body or not data:
             if head:
                 self.send(head)
