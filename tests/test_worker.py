@@ -149,9 +149,29 @@ class Client:
         return not self.buf and self.sock.recv(1) == b""
 
 
+HOOKS = """
+def pre_request(worker, req):
+    with open(LOG, "a") as f:
+        f.write(f"pre {req.method} {req.path}\\n")
+
+def post_request(worker, req, environ, resp):
+    with open(LOG, "a") as f:
+        f.write(f"post {req.method} {req.path} {resp.status}\\n")
+"""
+
+
 @pytest.fixture(scope="module")
-def server() -> Iterator[Gunicorn]:
-    srv = Gunicorn("tests.worker_apps:app")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("worker")
+
+
+@pytest.fixture(scope="module")
+def server(logs: Path) -> Iterator[Gunicorn]:
+    hooks = logs / "hooks.py"
+    hooks.write_text(f"LOG = {str(logs / 'hooks.log')!r}\n" + HOOKS)
+    srv = Gunicorn(
+        "tests.worker_apps:app", "-c", str(hooks), "--access-logfile", str(logs / "access.log")
+    )
     yield srv
     assert srv.stop() == 0
 
@@ -426,3 +446,17 @@ def test_streams_and_requests_concurrently(server: Gunicorn) -> None:
     for t in threads:
         t.join(20)
     assert not errors
+
+
+def test_access_log_and_request_hooks(server: Gunicorn, logs: Path) -> None:
+    with server.connect() as client:
+        client.send(get("/environ?logged=1") + get("/error"))
+        assert client.response()[0] == 200
+        assert client.response()[0] == 500
+    hook_log = logs / "hooks.log"
+    wait_for(lambda: "post GET /error" in hook_log.read_text())
+    hooks = hook_log.read_text()
+    assert "pre GET /environ\npost GET /environ 200 OK\n" in hooks
+    assert "post GET /error 500 Internal Server Error" in hooks
+    access = wait_for(lambda: (logs / "access.log").read_text())
+    assert '"GET /environ?logged=1 HTTP/1.1" 200' in access
