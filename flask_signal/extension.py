@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import gevent
 from flask import Flask, Request, Response, current_app, has_app_context
 from werkzeug.exceptions import HTTPException
 
 from . import framing, views
 from .brokers import Broker, Delivery, from_url
-from .hub import LocalHub
+from .hub import LocalHub, keep_alive
 from .parsing import parse_size
+from .protocol import Refusal
 
 log = logging.getLogger("flask_signal")
 
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "publish_key": None,
     "publish_auth": None,
     "lost_event": "missed",
+    "fast_path": False,
 }
 
 BASE_HEADERS = {
@@ -71,6 +73,7 @@ class Settings:
     publish_key: str | None
     publish_auth: PublishAuth | None
     lost_event: str
+    fast_path: bool
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
@@ -116,6 +119,8 @@ class AppState:
         gunicorn master must not own listeners that its workers inherit."""
         self.started = True
         self.broker.start()
+        if self.settings.ping_interval > 0:
+            gevent.spawn(keep_alive, self.broker.hub, self.settings.ping_interval)
 
     def stream_headers(self, protocol: str) -> list[tuple[str, str]]:
         """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it."""
@@ -126,26 +131,6 @@ class AppState:
                 headers.setdefault("Connection", "keep-alive")
             cached = self._stream_headers[protocol] = list(headers.items())
         return cached
-
-    def authorize_publish(self, request: Request, channel: str) -> Response | None:
-        """``None`` if this request may publish to ``channel``, else the refusal."""
-        key, auth = self.settings.publish_key, self.settings.publish_auth
-        if key is None and auth is None:
-            return views.error(403, "publishing over HTTP is disabled")
-        if key is not None:
-            given = request.headers.get("Authorization", "")
-            scheme, _, secret = given.partition(" ")
-            if scheme.lower() != "bearer" or not secret:
-                return views.error(
-                    401,
-                    "publishing needs a key: Authorization: Bearer <key>",
-                    {"WWW-Authenticate": 'Bearer realm="flask_signal"'},
-                )
-            if not hmac.compare_digest(secret.encode(), key.encode()):
-                return views.error(403, "invalid publish key")
-        if auth is not None and not auth(request, channel):
-            return views.error(403, "not allowed to publish to this channel")
-        return None
 
 
 def app_state(app: Flask) -> AppState:
@@ -221,6 +206,10 @@ class Signal:
                 expose_headers=["Retry-After"],
             )
         app.register_blueprint(blueprint)
+        if settings.fast_path:
+            from .fastpath import FastPath
+
+            app.wsgi_app = FastPath(app, app.wsgi_app, app.extensions["signal_state"])  # type: ignore[method-assign]
         self._apps.append(app)
         for rule, options, view in self._streams:
             self._add_stream_route(app, rule, options, view)
@@ -362,8 +351,8 @@ class Signal:
             initial = sub.initial_frame if sub.initial is not None else None
             try:
                 return views.subscribe_response(st, sub.channels, initial)
-            except views.Refusal as exc:
-                return exc.response
+            except Refusal as exc:
+                return views.respond(exc.answer)
 
         stream_view.__name__ = view.__name__
         app.add_url_rule(rule, endpoint, stream_view, methods=["GET"], **options)

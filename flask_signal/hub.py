@@ -11,10 +11,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable
 
-from gevent.queue import Empty, Full, Queue
+import gevent
+from gevent.queue import Full, Queue
+
+from .framing import PING
 
 #: What :meth:`Stream.get` returns once the stream has ended.
 ENDED = b""
+#: At most this many waiting frames go out in one write.
+COALESCE = 64
 
 _serial = itertools.count(1)
 
@@ -84,13 +89,20 @@ class Stream:
         if reason == "overflow" and self.abort is not None:
             self.abort()
 
-    def get(self, timeout: float | None) -> bytes | None:
-        """The next frame, :data:`ENDED` when over, or ``None`` after ``timeout`` seconds idle."""
-        try:
-            frame: bytes = self._queue.get(timeout=timeout)
-            return frame
-        except Empty:
-            return ENDED if self.ended else None
+    def get(self) -> bytes:
+        """The next frames, joined so that one write carries them, or :data:`ENDED` when over.
+
+        Blocks without a timer: keep-alives come from :func:`keep_alive`,
+        one greenlet for every stream, rather than a timeout per wait.
+        """
+        frame: bytes = self._queue.get()
+        waiting = self._queue.queue
+        if waiting and frame:
+            parts = [frame]
+            while waiting and waiting[0] and len(parts) < COALESCE:
+                parts.append(waiting.popleft())
+            frame = b"".join(parts)
+        return frame
 
     def pending(self) -> int:
         return int(self._queue.qsize())
@@ -164,3 +176,16 @@ class LocalHub:
         if channel is None:
             return len(self.streams)
         return len(self.channels.get(channel, ()))
+
+
+def keep_alive(hub: LocalHub, interval: float) -> None:
+    """Every ``interval`` seconds, queue a comment on each stream with nothing waiting.
+
+    Run in one greenlet per process: proxies keep idle streams open, and a
+    write to a client that vanished without closing fails, ending its stream.
+    """
+    while True:
+        gevent.sleep(interval)
+        for stream in tuple(hub.streams):
+            if not stream.pending():
+                stream.put(PING)

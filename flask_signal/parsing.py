@@ -94,25 +94,42 @@ def accepts_event_stream(accept: str | None) -> bool:
     return best[0] >= 0 and best[1] > 0
 
 
-def read_body(stream: IO[bytes], limit: int, content_length: int | None) -> bytes:
+def content_length(value: str | None) -> int | None:
+    """A Content-Length header's value; 400 if it is not a non-negative integer."""
+    if value is None or value == "":
+        return None
+    if not value.isdigit():
+        raise BadRequest("invalid Content-Length")
+    return int(value)
+
+
+def read_body(stream: IO[bytes], limit: int, length: int | None, terminated: bool = True) -> bytes:
     """Read a request body of at most ``limit`` bytes, counting what is read.
 
-    A declared Content-Length over the limit is refused before reading; a
-    chunked body (no Content-Length) is refused as soon as it passes the limit.
+    A declared Content-Length over the limit is refused before reading, and
+    no more than it declares is read; a chunked body (no Content-Length, on
+    a server that ends the input stream) is refused as soon as it passes the
+    limit. Without either, there is no body.
     """
-    if content_length is not None and content_length > limit:
-        raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+    if length is not None:
+        if length > limit:
+            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+        want = length
+    elif terminated:
+        want = limit + 1
+    else:
+        return b""
     chunks: list[bytes] = []
     size = 0
-    while True:
-        chunk = stream.read(min(65536, limit + 1 - size))
+    while size < want:
+        chunk = stream.read(min(65536, want - size))
         if not chunk:
             break
         chunks.append(chunk)
         size += len(chunk)
-        if size > limit:
-            raise TooLarge(f"request body is larger than the limit of {limit} bytes")
-    return b"".join(chunks)
+    if size > limit:
+        raise TooLarge(f"request body is larger than the limit of {limit} bytes")
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _split_key(key: str, depth: int) -> list[str]:

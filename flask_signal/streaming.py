@@ -23,7 +23,6 @@ from typing import Any
 import gevent
 from greenlet import getcurrent
 
-from .framing import PING
 from .hub import ENDED, Stream
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
@@ -86,21 +85,19 @@ def cooperative() -> bool:
 
 
 class EventStream(Iterator[bytes]):
-    """Iterate the frames of ``stream``: ``head`` first, then queued frames, pings when idle."""
+    """Iterate the frames of ``stream``: ``head`` first, then queued frames."""
 
-    __slots__ = ("_closed", "_head", "_on_close", "_ping", "_stream", "_watcher")
+    __slots__ = ("_closed", "_head", "_on_close", "_stream", "_watcher")
 
     def __init__(
         self,
         stream: Stream,
         *,
-        ping_interval: float,
         on_close: Callable[[], None],
         head: bytes = b"",
         environ: dict[str, Any] | None = None,
     ) -> None:
         self._stream = stream
-        self._ping = ping_interval if ping_interval > 0 else None
         self._on_close: Callable[[], None] | None = on_close
         self._head = head
         self._closed = False
@@ -120,9 +117,7 @@ class EventStream(Iterator[bytes]):
         if self._head:
             head, self._head = self._head, b""
             return head
-        frame = self._stream.get(self._ping)
-        if frame is None:
-            return PING
+        frame = self._stream.get()
         if frame is ENDED or not frame or self._closed:
             raise StopIteration
         return frame

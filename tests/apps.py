@@ -45,6 +45,17 @@ def create_app() -> Flask:
     ):
         getattr(signals, name).connect(recorder(name), app, weak=False)
 
+    hooked: list[str] = []
+
+    @app.before_request
+    def count_hooked() -> None:
+        if not request.path.startswith("/_test"):
+            hooked.append(f"{request.method} {request.path}")
+
+    @app.get("/_test/hooked")
+    def get_hooked() -> Any:
+        return jsonify(hooked)
+
     @app.get("/_test/fired")
     def get_fired() -> Any:
         return jsonify(fired)

@@ -25,7 +25,10 @@ from urllib.parse import urlsplit
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
+#: The suite runs again under other servers and settings in CI: a worker class,
+#: and settings merged into every test server's (e.g. {"fast_path": true}).
 WORKER = os.environ.get("SIGNAL_TEST_WORKER", "gevent")
+OPTIONS: dict[str, Any] = json.loads(os.environ.get("SIGNAL_TEST_OPTIONS", "{}"))
 
 
 def free_port() -> int:
@@ -97,7 +100,7 @@ def start_server(
     extra_env: dict[str, str] | None = None,
 ) -> Server:
     """Start tests.apps:create_app under gunicorn (or gevent's WSGIServer) and wait for it."""
-    settings = dict(settings or {})
+    settings = {**OPTIONS, **(settings or {})}
     port = port or free_port()
     env = {**os.environ, "SIGNAL_TEST_SETTINGS": json.dumps(settings), **(extra_env or {})}
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -561,3 +561,20 @@ def test_gevent_wsgiserver_detects_close(make_server) -> None:  # type: ignore[n
         assert initiator.sse.next(timeout=1.0).event == "leave"
     finally:
         initiator.close()
+
+
+@pytest.mark.parametrize("fast_path", [False, True])
+def test_fast_path_skips_flask_only_for_swarm_requests(make_server, fast_path: bool) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server({"fast_path": fast_path})
+    initiator = Peer.open(srv.url)
+    try:
+        assert initiator.post(srv.url, "hi").status_code == 200
+        assert requests.get(srv.url + "/a/b", timeout=5).status_code == 404
+        with SSE.open(srv.url + "/channels/hooks") as sse:
+            assert sse.status == 200
+        hooked = requests.get(srv.origin + "/_test/hooked", timeout=5).json()
+        swarm_requests = ["GET /signal", f"POST /signal/{initiator.id}"]
+        others = ["GET /signal/a/b", "GET /signal/channels/hooks"]
+        assert hooked == (others if fast_path else swarm_requests + others)
+    finally:
+        initiator.close()

@@ -1,0 +1,232 @@
+"""The swarm protocol over WSGI: what each request does, without Flask.
+
+The blueprint (:mod:`flask_signal.views`) and the opt-in fast path
+(:mod:`flask_signal.fastpath`) both answer through these functions, so the
+two cannot drift apart. Each takes the WSGI environ and returns an
+:class:`Answer`; refusals are answers too, never exceptions that escape.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from . import framing, signals
+from .brokers import BrokerUnavailable, Delivery, Membership
+from .hub import Stream
+from .parsing import (
+    BadRequest,
+    accepts_event_stream,
+    content_length,
+    optional_str,
+    parse_body,
+    read_body,
+)
+from .streaming import EventStream, cooperative
+
+if TYPE_CHECKING:
+    from .extension import AppState
+
+log = logging.getLogger("flask_signal")
+
+#: Swarm ids (and cids) as they appear in a path: the protocol's ``[a-z0-9]+``.
+ID = re.compile(r"[a-z0-9]+")
+STREAM_METHODS = ("GET", "HEAD")
+JSON = [("Content-Type", "application/json")]
+OK = (b'{"ok":true}',)
+
+
+class Answer(NamedTuple):
+    status: int
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes]
+
+
+class Refusal(Exception):
+    """A request refused before its stream opened; carries the answer."""
+
+    def __init__(self, answer: Answer) -> None:
+        self.answer = answer
+
+
+def error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Answer:
+    """The protocol's error answer: ``{"error": message}`` with ``status``."""
+    return Answer(status, [*JSON, *headers], (framing.to_json({"error": message}).encode(),))
+
+
+def method_not_allowed(allowed: Sequence[str]) -> Answer:
+    return error(405, "method not allowed", [("Allow", ", ".join(allowed))])
+
+
+def unavailable(exc: BrokerUnavailable) -> Answer:
+    log.warning("broker unavailable: %s", exc)
+    return error(
+        503, "signalling backend unavailable, retry later", [("Retry-After", str(exc.retry_after))]
+    )
+
+
+def check_stream_allowed(
+    st: AppState, environ: dict[str, Any], channels: Sequence[str] = ()
+) -> None:
+    """Refusals shared by every stream: Accept, server model, client limits."""
+    if not accepts_event_stream(environ.get("HTTP_ACCEPT")):
+        raise Refusal(error(406, "this endpoint serves text/event-stream"))
+    if not cooperative():
+        log.error(
+            "flask_signal streams need gevent: serve with `gunicorn -k gevent`, or call "
+            "gevent.monkey.patch_all() before anything else when using another server"
+        )
+        raise Refusal(
+            error(
+                500, "server misconfigured: SSE streams need a gevent worker (gunicorn -k gevent)"
+            )
+        )
+    limits = st.settings
+    retry = [("Retry-After", str(limits.retry_after))]
+    if limits.max_clients and st.broker.connection_count() >= limits.max_clients:
+        raise Refusal(error(503, "too many clients on this server", retry))
+    if limits.channel_max_clients:
+        for name in channels:
+            if st.broker.connection_count(name) >= limits.channel_max_clients:
+                raise Refusal(error(503, f"too many clients on channel {name!r}", retry))
+
+
+def open_stream(
+    st: AppState,
+    environ: dict[str, Any],
+    sender: Any,
+    kind: str,
+    attach: Callable[[Stream], tuple[Any, bytes]],
+    detach: Callable[[Stream, Any], None],
+    *,
+    status: int = 200,
+) -> Answer:
+    """Open a stream, attach it to the broker, and answer with its SSE body.
+
+    ``attach`` registers the stream (queueing its first frames) and returns
+    what ``detach`` needs plus the bytes to send before queued frames;
+    ``detach(stream, attached)`` runs exactly once when the response ends.
+    """
+    broker = st.broker
+    stream = Stream(st.settings.queue_size, kind)
+    attached, head = attach(stream)
+    broker.hub.add(stream)
+    signals.client_connected.send(sender, stream=stream)
+
+    def on_close() -> None:
+        try:
+            detach(stream, attached)
+        except BrokerUnavailable:
+            log.warning("broker unavailable while closing %r", stream)
+        finally:
+            broker.hub.discard(stream)
+            signals.client_disconnected.send(sender, stream=stream)
+
+    body = EventStream(stream, on_close=on_close, head=head, environ=environ)
+    return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), body)
+
+
+def answer_errors(handler: Callable[..., Answer]) -> Callable[..., Answer]:
+    """Turn the refusals a handler raises into their answers."""
+
+    def guarded(*args: Any) -> Answer:
+        try:
+            return handler(*args)
+        except Refusal as exc:
+            return exc.answer
+        except BadRequest as exc:
+            return error(exc.status, exc.message)
+        except BrokerUnavailable as exc:
+            return unavailable(exc)
+
+    guarded.__name__ = handler.__name__
+    guarded.__doc__ = handler.__doc__
+    return guarded
+
+
+@answer_errors
+def base(st: AppState, environ: dict[str, Any], sender: Any) -> Answer:
+    """``{prefix}`` and ``{prefix}/``: GET creates a swarm."""
+    method = environ["REQUEST_METHOD"]
+    if method == "GET":
+        check_stream_allowed(st, environ)
+        broker = st.broker
+        return open_stream(
+            st,
+            environ,
+            sender,
+            "swarm",
+            lambda stream: (broker.create_swarm(stream), b""),
+            lambda stream, member: broker.leave_swarm(member),
+            status=st.settings.create_status,
+        )
+    if method == "HEAD":
+        return Answer(200, st.stream_headers(""), ())
+    if method == "POST":
+        # The protocol's "path is not /:id": a POST must name its swarm.
+        return error(404, "no such swarm: POST to <prefix>/<swarm id>")
+    return method_not_allowed(["GET", "HEAD"])
+
+
+@answer_errors
+def swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str) -> Answer:
+    """``{prefix}/<id>``: GET joins, POST signals."""
+    if not ID.fullmatch(swarm_id):
+        return error(404, "no such swarm")
+    method = environ["REQUEST_METHOD"]
+    if method == "POST":
+        return post_signal(st, environ, swarm_id)
+    if method == "GET":
+        return join_swarm(st, environ, sender, swarm_id)
+    if method == "HEAD":
+        status = 200 if st.broker.swarm_exists(swarm_id) else 404
+        return Answer(status, st.stream_headers(""), ())
+    return method_not_allowed(["GET", "HEAD", "POST"])
+
+
+def join_swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str) -> Answer:
+    check_stream_allowed(st, environ)
+    broker = st.broker
+
+    def attach(stream: Stream) -> tuple[Membership, bytes]:
+        member = broker.join_swarm(swarm_id, stream)
+        if member is None:
+            raise Refusal(error(404, "no such swarm"))
+        return member, b""
+
+    return open_stream(st, environ, sender, "swarm", attach, lambda s, m: broker.leave_swarm(m))
+
+
+def post_signal(st: AppState, environ: dict[str, Any], swarm_id: str) -> Answer:
+    """Checks in the protocol's order: swarm, size, type, parse, token, data, cid."""
+    broker = st.broker
+    if not broker.swarm_exists(swarm_id):
+        return error(404, "no such swarm")
+    body = read_body(
+        environ["wsgi.input"],
+        st.settings.limit,
+        content_length(environ.get("CONTENT_LENGTH")),
+        bool(environ.get("wsgi.input_terminated")),
+    )
+    fields = parse_body(environ.get("CONTENT_TYPE"), body)
+    token = fields.get("token")
+    if not isinstance(token, str) or not token:
+        return error(401, "missing or invalid token")
+    data = fields.get("data")
+    if data is None:
+        checked = broker.authenticate(swarm_id, token)
+        return delivery_error(checked) if checked is not Delivery.OK else error(400, "missing data")
+    result = broker.signal(swarm_id, data, cid=optional_str(fields, "cid"), token=token)
+    if result is not Delivery.OK:
+        return delivery_error(result)
+    return Answer(200, JSON, OK)
+
+
+def delivery_error(result: Delivery) -> Answer:
+    if result is Delivery.NO_SWARM:
+        return error(404, "no such swarm")
+    if result is Delivery.BAD_TOKEN:
+        return error(401, "missing or invalid token")
+    return error(404, "no such peer in this swarm")
