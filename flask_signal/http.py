@@ -358,7 +358,7 @@ class HTTPServer:
         return ended
 
     def count_request(self) -> None:
-        self.nr += 1
+        """Stop after ``max_requests``: called when ``nr`` reaches it."""
         if self.nr >= self.max_requests and self.alive:
             self.log.info("Autorestarting worker after current request.")
             self.alive = False
@@ -406,10 +406,10 @@ class Connection:
     """One client connection: the parser's callbacks, the request loop, the writer."""
 
     __slots__ = (
-        # the response being written
         "chunked",
         "current",
         "error",
+        "fed",
         "fields",
         "greenlet",
         "head_bytes",
@@ -464,6 +464,7 @@ class Connection:
         self.url = b""
         self.fields: list[tuple[bytes, bytes]] = []
         self.head_bytes = 0
+        self.fed = 0
         self.in_head = False
         self.waiting = 0.0  # since when it waits for a request (0: busy)
         self.upgrade = False
@@ -533,10 +534,13 @@ class Connection:
         if len(fields) > server.limit_fields:
             raise HTTPError(431, "too many header fields")
         size_limit = server.limit_field_size
+        # No field can be larger than the bytes this head came in.
+        if self.head_bytes + self.fed > size_limit:
+            for name, value in fields:
+                if len(name) + len(value) + 2 > size_limit:
+                    raise HTTPError(431, "header field too large")
         keys = _header_keys
         for name, value in fields:
-            if len(name) + len(value) + 2 > size_limit:
-                raise HTTPError(431, "header field too large")
             key = keys.get(name)
             if key is None:
                 key = self._header_key(name)
@@ -646,6 +650,7 @@ class Connection:
         parser = self.parser
         if parser is None:  # dropped while a response streamed
             parser = self.parser = httptools.HttpRequestParser(self)
+        self.fed = n
         try:
             parser.feed_data(_VIEW[:n])
         except httptools.HttpParserUpgrade:
@@ -717,7 +722,9 @@ class Connection:
         env = req.environ
         env["wsgi.input"] = _EMPTY if req.complete and not req.chunks else Input(self, req)
         self.serving = req
-        server.count_request()
+        server.nr += 1
+        if server.nr >= server.max_requests:
+            server.count_request()
         self.status = None
         self.headers_sent = False
         self.sent = 0
