@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,8 +54,25 @@ def stream() -> Stream:
     return Stream(1000)
 
 
+#: Frames already taken off a stream but not yet looked at: Stream.get joins waiting frames.
+_unread: weakref.WeakKeyDictionary[Stream, list[bytes]] = weakref.WeakKeyDictionary()
+
+
+def next_frame(stream: Stream, timeout: float | None) -> bytes | None:
+    """The stream's next frame, ENDED once over, or None after ``timeout`` seconds idle."""
+    unread = _unread.setdefault(stream, [])
+    if not unread:
+        chunk = None
+        with gevent.Timeout(timeout, False):
+            chunk = stream.get()
+        if chunk is None or chunk == ENDED:
+            return chunk
+        unread += [frame + b"\n\n" for frame in chunk.split(b"\n\n")[:-1]]
+    return unread.pop(0)
+
+
 def frame_of(stream: Stream, timeout: float = 5) -> bytes:
-    frame = stream.get(timeout)
+    frame = next_frame(stream, timeout)
     assert frame is not None, f"no frame within {timeout} s on {stream!r}"
     return frame
 
@@ -69,7 +87,7 @@ def event_of(stream: Stream, timeout: float = 5) -> tuple[str, Any]:
 
 def assert_quiet(stream: Stream, wait: float = 0.3) -> None:
     """Nothing more arrives (no duplicate) within ``wait`` seconds."""
-    assert stream.get(wait) is None
+    assert next_frame(stream, wait) is None
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
@@ -81,7 +99,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10) -> None:
 def ended(stream: Stream, timeout: float = 10) -> str | None:
     """Drain the stream until it ends; its end reason."""
     with gevent.Timeout(timeout, AssertionError(f"{stream!r} did not end in {timeout} s")):
-        while stream.get(None) != ENDED:
+        while next_frame(stream, None) != ENDED:
             pass
     return stream.end_reason
 

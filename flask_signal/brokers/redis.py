@@ -44,16 +44,27 @@ initiators get ``leave``, and swarms whose initiator died end everywhere.
 What Redis Cluster needs
 ------------------------
 Every key and topic of one swarm or one channel carries the same hash tag
-(``{<id>}``, ``{<name>}``), so the scripts for create, join, leave, signal and
-replay of one swarm touch one slot. Two things span slots and would need a
-change to run on a Cluster: a publish increments the single sequencer ``P seq``
-in the same script that appends to the channels' histories (one sequencer is
-what lets one Last-Event-ID resume a multi-channel stream; on a Cluster, give
-each channel its own sequencer in its slot and accept per-channel ids), and
-``publish_all`` asks ``PUBSUB CHANNELS``, which a Cluster node answers for
-its own clients only (use a registry set of channels instead). The connection
-also needs a cluster-aware client (``redis.cluster.RedisCluster``), which this
+(``{<id>}``, ``{<name>}``), so the scripts for signal and replay of one swarm
+touch one slot. Three things span slots and would need a change to run on a
+Cluster: create, join and leave also add the peer to (or remove it from) its
+process's peer set ``P proc:{<process>}:peers`` in the same script, which
+saves a round trip per stream (on a Cluster, send that SADD/SREM beside the
+script instead); a publish increments the single sequencer ``P seq`` in the
+same script that appends to the channels' histories (one sequencer is what
+lets one Last-Event-ID resume a multi-channel stream; on a Cluster, give each
+channel its own sequencer in its slot and accept per-channel ids); and
+``publish_all`` asks ``PUBSUB CHANNELS``, which a Cluster node answers for its
+own clients only (use a registry set of channels instead). The connection also
+needs a cluster-aware client (``redis.cluster.RedisCluster``), which this
 module does not create.
+
+Round trips
+-----------
+A signal is one script call (EVALSHA) and a swarm stream's creation or join
+one SUBSCRIBE, waited for, plus one script call; leaving is one script call.
+Scripts are called one by one rather than in pipelines, because redis-py asks
+``SCRIPT EXISTS`` before every pipeline that holds one; a script missing from
+Redis's cache (a restarted Redis) is loaded on its first NOSCRIPT.
 """
 
 from __future__ import annotations
@@ -102,26 +113,34 @@ _UNAVAILABLE = (rexc.ConnectionError, rexc.TimeoutError, rexc.ReadOnlyError, OSE
 # or a channel halfway through it. Swarm hash fields: "i" initiator cid,
 # "p:<cid>" owner process, "k:<cid>" token digest, "t:<digest>" cid.
 
+# KEYS: the swarm, the process's peer set. ARGV: cid, token digest, process,
+# swarm ttl (ms), peer entry ("<swarm id> <cid>").
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local cid, digest = ARGV[1], ARGV[2]
 redis.call('HSET', KEYS[1], 'i', cid, 'p:' .. cid, ARGV[3], 'k:' .. cid, digest,
   't:' .. digest, cid)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
 return 1
 """
 
+# KEYS: the swarm, the process's peer set. ARGV: cid, token digest, process,
+# topic, peer entry.
 _JOIN = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 local cid, digest = ARGV[1], ARGV[2]
 redis.call('HSET', KEYS[1], 'p:' .. cid, ARGV[3], 'k:' .. cid, digest, 't:' .. digest, cid)
+redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('PUBLISH', ARGV[4], 'j ' .. cid)
 return 1
 """
 
+# KEYS: the swarm, the owner process's peer set. ARGV: cid, topic, peer entry.
 # 0: not a peer (any more), 1: a peer left, 2: the initiator left and the swarm ended.
 _LEAVE = """
 local cid = ARGV[1]
+redis.call('SREM', KEYS[2], ARGV[3])
 local initiator = redis.call('HGET', KEYS[1], 'i')
 if not initiator then return 0 end
 if initiator == cid then
@@ -137,11 +156,13 @@ return 1
 """
 
 # Returns a Delivery value. ARGV: token digest ('' = trusted), cid ('' = all), frame, topic.
+# One HMGET answers all three questions; a swarm hash always has its initiator "i".
 _SIGNAL = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 404 end
-if ARGV[1] ~= '' and redis.call('HEXISTS', KEYS[1], 't:' .. ARGV[1]) == 0 then return 401 end
+local found = redis.call('HMGET', KEYS[1], 'i', 't:' .. ARGV[1], 'k:' .. ARGV[2])
+if not found[1] then return 404 end
+if ARGV[1] ~= '' and not found[2] then return 401 end
 if ARGV[2] ~= '' then
-  if redis.call('HEXISTS', KEYS[1], 'k:' .. ARGV[2]) == 0 then return 4040 end
+  if not found[3] then return 4040 end
   redis.call('PUBLISH', ARGV[4], 'd ' .. ARGV[2] .. '\\n' .. ARGV[3])
 else
   redis.call('PUBLISH', ARGV[4], 'b\\n' .. ARGV[3])
@@ -675,11 +696,7 @@ class RedisBroker(Broker):
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 for swarm_id, cid in members:
-                    self._leave(
-                        keys=[self._swarm_key(swarm_id)],
-                        args=[cid, self._swarm_key(swarm_id)],
-                        client=pipe,
-                    )
+                    self._leave(**self._leave_call(swarm_id, cid), client=pipe)
                 pipe.delete(self._proc_key(self.process), self._proc_peers_key(self.process))
                 pipe.srem(self._procs_key, self.process)
                 pipe.execute()
@@ -719,19 +736,16 @@ class RedisBroker(Broker):
             self._listener.acquire([(key, "swarm", member.id)])
             try:
                 with _unavailable():
-                    pipe = self.redis.pipeline(transaction=False)
-                    pipe.sadd(self._proc_peers_key(self.process), f"{member.id} {member.cid}")
-                    self._create(
-                        keys=[key],
+                    created = self._create(
+                        keys=[key, self._proc_peers_key(self.process)],
                         args=[
                             member.cid,
                             token_digest(member.token),
                             self.process,
                             int(self.swarm_ttl * 1000),
+                            f"{member.id} {member.cid}",
                         ],
-                        client=pipe,
                     )
-                    created = pipe.execute()[1]
             except BaseException:
                 self._listener.release([key])
                 raise
@@ -760,14 +774,16 @@ class RedisBroker(Broker):
         joined = 0
         try:
             with _unavailable():
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.sadd(self._proc_peers_key(self.process), f"{swarm_id} {member.cid}")
-                self._join(
-                    keys=[key],
-                    args=[member.cid, token_digest(member.token), self.process, key],
-                    client=pipe,
+                joined = self._join(
+                    keys=[key, self._proc_peers_key(self.process)],
+                    args=[
+                        member.cid,
+                        token_digest(member.token),
+                        self.process,
+                        key,
+                        f"{swarm_id} {member.cid}",
+                    ],
                 )
-                joined = pipe.execute()[1]
         finally:
             if not joined:
                 self._joining.pop(member.cid, None)
@@ -775,14 +791,9 @@ class RedisBroker(Broker):
                 stream.swarm_id = stream.cid = None
                 self._listener.release([key])
         if not joined:
-            self._forget_peer(swarm_id, member.cid)
             return None
         signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
         return member
-
-    def _forget_peer(self, swarm_id: str, cid: str) -> None:
-        with suppress(rexc.RedisError, OSError):  # the reaper ignores peers no swarm knows
-            self.redis.srem(self._proc_peers_key(self.process), f"{swarm_id} {cid}")
 
     def leave_swarm(self, member: Membership) -> None:
         """Forget the peer here at once; tell Redis, or retry later if it is unreachable."""
@@ -812,11 +823,15 @@ class RedisBroker(Broker):
             signals.peer_left.send(self.sender, swarm_id=member.id, cid=member.cid)
 
     def _leave_in_redis(self, swarm_id: str, cid: str, process: str | None = None) -> int:
+        """Remove a peer from its swarm and from its process's peer set, in one script."""
+        return int(self._leave(**self._leave_call(swarm_id, cid, process)))
+
+    def _leave_call(self, swarm_id: str, cid: str, process: str | None = None) -> dict[str, Any]:
         key = self._swarm_key(swarm_id)
-        pipe = self.redis.pipeline(transaction=False)
-        self._leave(keys=[key], args=[cid, key], client=pipe)
-        pipe.srem(self._proc_peers_key(process or self.process), f"{swarm_id} {cid}")
-        return int(pipe.execute()[0])
+        return {
+            "keys": [key, self._proc_peers_key(process or self.process)],
+            "args": [cid, key, f"{swarm_id} {cid}"],
+        }
 
     def swarm_exists(self, swarm_id: str) -> bool:
         with _unavailable():
