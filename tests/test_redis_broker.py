@@ -518,3 +518,110 @@ def test_a_dead_listener_is_restarted(make: Factory) -> None:
     m1, s1, _, s2 = swarm(a, b)
     assert a.signal(m1.id, "ok") is Delivery.OK
     assert event_of(s2) == ("signal", "ok")
+
+
+# -- round trips -------------------------------------------------------------------
+
+
+def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
+    """Each hot operation sends the Redis commands it was designed with, and no more.
+
+    INFO commandstats also counts what a script runs; the round trips are the
+    commands the broker sends itself, named first in each expectation.
+    """
+    quiet = {"heartbeat_interval": 30.0, "peer_ttl": 60.0, "ping_interval": 60.0}
+    a, b, c = (make(own_redis.url, **quiet) for _ in range(3))
+    client = redis.Redis.from_url(own_redis.url)
+    # The first heartbeats are done and nothing else runs on its own for 24 s.
+    beats = [f"{x.prefix}proc:{{{x.process}}}" for x in (a, b, c)]
+    wait_until(lambda: client.exists(*beats) == 3)
+
+    def sent(operation: Callable[[], object], *, wait_for: str | None = None) -> dict[str, int]:
+        client.config_resetstat()
+        operation()
+        if wait_for is not None:  # a command written without waiting for its answer
+            wait_until(lambda: wait_for in counts())
+        return counts()
+
+    def counts() -> dict[str, int]:
+        stats = client.info("commandstats")
+        names = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+        return {k: v for k, v in names.items() if k not in ("info", "config|resetstat")}
+
+    # Warm up: scripts loaded into Redis, pooled connections open.
+    m1, s1, m2, s2 = swarm(a, b)
+    b.signal(m1.id, 0, cid=m1.cid, token=m2.token)
+    a.signal(m1.id, 0, token=m1.token)
+    b.swarm_exists(m1.id)
+    c.swarm_exists(m1.id)
+    a.publish(["c"], 0)
+    a.subscribe(stream(), ["c"], "0")
+    for s in (s1, s2, s1):
+        event_of(s)
+    b.leave_swarm(b.join_swarm(m1.id, stream()) or m2)
+    event_of(s1), event_of(s1)
+
+    assert sent(lambda: b.swarm_exists(m1.id)) == {"exists": 1}
+    direct = sent(lambda: b.signal(m1.id, "hi", cid=m1.cid, token=m2.token))
+    assert direct == {"evalsha": 1, "hmget": 1, "publish": 1}
+    assert event_of(s1) == ("signal", "hi")
+    broadcast = sent(lambda: a.signal(m1.id, "all", token=m1.token))
+    assert broadcast == {"evalsha": 1, "hmget": 1, "publish": 1}
+    assert event_of(s1) == event_of(s2) == ("signal", "all")
+    refused = sent(lambda: b.signal(m1.id, "x", token="wrong"))
+    assert refused == {"evalsha": 1, "hmget": 1}
+
+    created = sent(lambda: a.create_swarm(stream()))
+    assert created == {
+        "subscribe": 1,
+        "evalsha": 1,
+        "exists": 1,
+        "hset": 1,
+        "pexpire": 1,
+        "sadd": 1,
+    }
+    # A join from a process that holds no stream of the swarm yet subscribes to it.
+    s3 = stream()
+    joined: list[Membership | None] = []
+    assert sent(lambda: joined.append(c.join_swarm(m1.id, s3))) == {
+        "subscribe": 1,
+        "evalsha": 1,
+        "exists": 1,
+        "hset": 1,
+        "sadd": 1,
+        "publish": 1,
+    }
+    m3 = joined[0]
+    assert m3 is not None
+    assert event_of(s1) == ("join", {"id": m1.id, "cid": m3.cid})
+    assert sent(lambda: c.leave_swarm(m3), wait_for="unsubscribe") == {
+        "unsubscribe": 1,
+        "evalsha": 1,
+        "srem": 1,
+        "hget": 2,
+        "hdel": 1,
+        "publish": 1,
+    }
+    assert event_of(s1) == ("leave", {"id": m1.id, "cid": m3.cid})
+    # b still holds m2's stream: its topic stays, nothing but the script is sent.
+    assert sent(lambda: b.join_swarm(m1.id, stream())) == {
+        "evalsha": 1,
+        "exists": 1,
+        "hset": 1,
+        "sadd": 1,
+        "publish": 1,
+    }
+
+    assert sent(lambda: a.publish(["c"], 1)) == {
+        "evalsha": 1,
+        "hget": 2,
+        "hincrby": 1,
+        "xlen": 1,
+        "xadd": 1,
+        "pexpire": 2,
+        "publish": 1,
+    }
+    assert sent(lambda: a.subscribe(stream(), ["d"])) == {"subscribe": 1}
+    # "c" is held already: no SUBSCRIBE, one script reads the history.
+    resumed = sent(lambda: a.subscribe(stream(), ["c"], "0"))
+    assert resumed == {"evalsha": 1, "hget": 4, "xrange": 1}
