@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
-from gevent import GreenletExit, getcurrent
+from gevent import GreenletExit, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
 
 if TYPE_CHECKING:
@@ -105,6 +105,11 @@ class HTTPError(Exception):
 
 class ClientDisconnected(OSError):
     """The client went away or sent a malformed body while the app read it."""
+
+
+class _ClientGone(Exception):
+    """Writing the response failed: the client is gone. Not an OSError, so
+    that an app's own OSError still gets a 500 and a logged traceback."""
 
 
 class Request:
@@ -349,11 +354,12 @@ class HTTPServer:
         if idle_for is None:
             idle_for = self.keepalive if self.keepalive > 0 else 3600.0
         oldest = monotonic() - idle_for
+        loop = get_hub().loop
         ended = 0
         for conn in list(self.connections):
             since = conn.waiting
-            if since and since <= oldest and conn.greenlet is not None:
-                conn.greenlet.kill(block=False)
+            if since and since <= oldest:
+                loop.run_callback(conn.expire, since)
                 ended += 1
         return ended
 
@@ -707,7 +713,7 @@ class Connection:
                     break
         except GreenletExit:
             pass
-        except OSError as exc:
+        except (OSError, _ClientGone) as exc:
             server.log.debug("Connection error: %s", exc)
         finally:
             self.parser = None  # breaks the parser <-> callbacks cycle
@@ -715,6 +721,17 @@ class Connection:
             self.waiting = 0.0
             with contextlib.suppress(OSError):
                 self.sock.close()
+
+    def expire(self, since: float) -> None:
+        """End the connection if it still waits for the request it waited for ``since``.
+
+        Run from the hub: a connection that woke up with a request in the
+        meantime has another ``waiting`` stamp (or 0) and is left alone, so
+        no request is ever interrupted by its keep-alive expiry.
+        """
+        greenlet = self.greenlet
+        if self.waiting == since and greenlet is not None:
+            greenlet.throw(GreenletExit)
 
     def handle(self, req: Request) -> bool:
         """Run the app for ``req`` and write its response; False to close."""
@@ -736,7 +753,7 @@ class Connection:
                 server.on_request(req)
             result = server.app(env, self.start_response)
             keep = self.write_result(req, result)
-        except OSError as exc:
+        except _ClientGone as exc:
             server.log.debug("Client gone while answering %s %s: %s", req.method, req.uri, exc)
             return False
         except Exception:
@@ -748,7 +765,7 @@ class Connection:
             self.resp_headers = [("Content-Type", "text/plain")]
             try:
                 self.send_simple(500, "Internal Server Error", keep)
-            except OSError:
+            except _ClientGone:
                 return False
         finally:
             close = getattr(result, "close", None)
@@ -797,16 +814,19 @@ class Connection:
     # -- writing ------------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        raw = self.raw
-        if raw is not None:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = memoryview(data)[sent:]  # type: ignore[assignment]
-        self.sock.sendall(data)
+        try:
+            raw = self.raw
+            if raw is not None:
+                try:
+                    sent = raw.send(data)
+                except BlockingIOError:
+                    sent = 0
+                if sent == len(data):
+                    return
+                data = memoryview(data)[sent:]  # type: ignore[assignment]
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise _ClientGone(str(exc)) from exc
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -966,5 +986,5 @@ class Connection:
         """Answer a request the parser refused, then the connection closes."""
         status = error.status if isinstance(error, HTTPError) else 400
         self.server.log.warning("Invalid request from ip=%s: %s", self.remote_addr, error)
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(_ClientGone):
             self.send_simple(status, _REASONS.get(status, "Bad Request"), False)

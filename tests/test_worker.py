@@ -275,6 +275,8 @@ def test_app_error_is_a_500_and_the_connection_goes_on(server: Gunicorn) -> None
         client.send(get("/error"))
         status, _, body = client.response()
         assert status == 500 and body == b"Internal Server Error"
+        client.send(get("/oserror"))
+        assert client.response()[0] == 500
         client.send(get("/environ?after"))
         assert json.loads(client.response()[2])["QUERY_STRING"] == "after"
 
@@ -378,7 +380,7 @@ def test_bad_requests(server: Gunicorn) -> None:
 
 
 def test_flask_app_runs_unchanged() -> None:
-    srv = Gunicorn("tests.worker_apps:flask", env={"SCRIPT_NAME": "/mnt"})
+    srv = Gunicorn("tests.worker_apps:flask", "--keep-alive", "1", env={"SCRIPT_NAME": "/mnt"})
     try:
         with srv.connect() as client:
             payload = json.dumps({"a": [1, 2]}).encode()
@@ -393,6 +395,11 @@ def test_flask_app_runs_unchanged() -> None:
             assert json.loads(client.response()[2]) == {"hello": "w\u00f6rld", "args": {"x": "1"}}
             client.send(get("/elsewhere"))
             assert client.response()[0] == 404
+        with srv.connect() as client:
+            client.send(get("/mnt/hello/idle"))
+            assert client.response()[0] == 200
+            client.sock.settimeout(4)  # keep-alive is 1 s: the server ends it first
+            assert client.closed()
     finally:
         assert srv.stop() == 0
 

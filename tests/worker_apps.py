@@ -101,6 +101,8 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
         return _json(start_response, data)
     if path == "/error":
         raise RuntimeError("this app fails on purpose")
+    if path == "/oserror":  # the app's own OSError is an app error, not a client gone
+        raise FileNotFoundError("no such file, on purpose")
     if path == "/stream":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _first_then_wait()
