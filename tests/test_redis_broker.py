@@ -625,3 +625,23 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
     # "c" is held already: no SUBSCRIBE, one script reads the history.
     resumed = sent(lambda: a.subscribe(stream(), ["c"], "0"))
     assert resumed == {"evalsha": 1, "hget": 4, "xrange": 1}
+
+
+def test_pooled_connection_check(make: Factory) -> None:
+    """The pool's before-every-command check still tells idle, answered and closed apart."""
+    broker = make()
+    client = redis.Redis.from_url(broker.url)
+    conn = broker.pool.get_connection()
+    try:
+        assert type(conn).__name__.startswith("Quick")
+        assert not conn.can_read()
+        conn.send_command("CLIENT", "ID")
+        wait_until(conn.can_read)
+        conn_id = conn.read_response()
+        assert not conn.can_read()
+        assert client.client_kill_filter(_id=conn_id) == 1
+        wait_until(conn.can_read)  # a closed socket reads as ready: the pool reconnects it
+    finally:
+        broker.pool.release(conn)
+    assert broker.swarm_exists("0" * 32) is False  # on a new connection, no error
+    assert broker.redis.client_id() != conn_id

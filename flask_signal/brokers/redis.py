@@ -73,6 +73,7 @@ import logging
 import os
 import random
 import re
+import select
 import socket
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -80,6 +81,7 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 import gevent
+import gevent.monkey
 import redis
 from gevent.event import AsyncResult, Event
 from gevent.lock import Semaphore
@@ -262,6 +264,45 @@ end
 out[3] = lost
 return out
 """
+
+
+#: The operating system's poll(), even when gevent has patched the select module.
+_os_poll: Any
+try:
+    _os_poll = gevent.monkey.get_original("select", "poll")
+except AttributeError:  # a platform without poll()
+    _os_poll = None
+
+
+def _quick_check(base: type[Any]) -> type[Any]:
+    """``base`` (a redis-py connection class) with a readiness check that skips the gevent hub.
+
+    The pool asks ``can_read()`` before handing out a connection, for every
+    command, and the pub/sub listener before every message. With hiredis that
+    is a ``select.poll``, which gevent's patching turns into a trip through the
+    hub: about half the CPU of a command. With no timeout, the operating
+    system's poll cannot block, so it is used directly. True means data or a
+    closed socket, as redis-py's own check: either way the caller reads or
+    reconnects.
+    """
+
+    class QuickCheck(base):  # type: ignore[misc]
+        def can_read(self, timeout: float = 0) -> bool:
+            reader = getattr(self._parser, "_reader", None)  # hiredis's; else redis-py's way
+            sock = self._sock
+            if timeout or sock is None or reader is None or _os_poll is None:
+                return bool(super().can_read(timeout))
+            if reader.has_data():
+                return True
+            pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but unread
+            if pending is not None and pending():
+                return True
+            poller = _os_poll()
+            poller.register(sock.fileno(), select.POLLIN)
+            return bool(poller.poll(0))
+
+    QuickCheck.__name__ = QuickCheck.__qualname__ = f"Quick{base.__name__}"
+    return QuickCheck
 
 
 @contextmanager
@@ -613,6 +654,7 @@ class RedisBroker(Broker):
             # RESP2: pub/sub messages as plain replies, and any Redis since 2.6 speaks it.
             protocol=2,
         )
+        self.pool.connection_class = _quick_check(self.pool.connection_class)
         self.redis = redis.Redis(connection_pool=self.pool)
         self._create = self.redis.register_script(_CREATE)
         self._join = self.redis.register_script(_JOIN)
