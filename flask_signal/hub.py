@@ -1,6 +1,6 @@
 """The in-process hub: this process's open streams, indexed for delivery.
 
-No Flask here and no network: a :class:`Stream` is a bounded queue of ready
+No Flask here and no network: a :class:`Stream` is a bounded buffer of ready
 frames that one response iterator drains; the :class:`LocalHub` knows which
 streams are the peers and channel subscribers of this process. Brokers (see
 :mod:`flask_signal.brokers`) decide *what* to deliver; the hub only delivers.
@@ -10,30 +10,33 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import gevent
-from gevent.queue import Full, Queue
+from gevent.hub import Waiter
 
 from .framing import PING
 
 #: What :meth:`Stream.get` returns once the stream has ended.
 ENDED = b""
-#: At most this many waiting frames go out in one write.
-COALESCE = 64
 
 _serial = itertools.count(1)
 
 
 class Stream:
-    """One open SSE response: a bounded queue of encoded frames.
+    """One open SSE response: a bounded buffer of encoded frames and its one reader.
 
     ``put`` never blocks: a client too slow to drain ``maxsize`` frames is
     ended (``end_reason == "overflow"``) instead of growing server memory.
+    Lighter than a gevent Queue on purpose: with one reader, a list and a
+    :class:`~gevent.hub.Waiter` are all a stream needs, and a server holds
+    tens of thousands of them.
     """
 
     __slots__ = (
         "__weakref__",
-        "_queue",
+        "_frames",
+        "_waiter",
         "abort",
         "channels",
         "cid",
@@ -41,12 +44,15 @@ class Stream:
         "ended",
         "kind",
         "last_seq",
+        "maxsize",
         "serial",
         "swarm_id",
     )
 
     def __init__(self, maxsize: int, kind: str = "swarm") -> None:
-        self._queue: Queue[bytes] = Queue(maxsize)
+        self.maxsize = maxsize
+        self._frames: list[bytes] | None = None
+        self._waiter: Waiter[Any] | None = None
         self.serial = next(_serial)
         self.kind = kind
         self.ended = False
@@ -69,12 +75,24 @@ class Stream:
         """Queue a frame; ``False`` if the stream has ended or just overflowed."""
         if self.ended:
             return False
-        try:
-            self._queue.put_nowait(frame)
-        except Full:
+        frames = self._frames
+        if frames is None:
+            self._frames = [frame]
+        elif len(frames) < self.maxsize:
+            frames.append(frame)
+        else:
             self.end("overflow")
             return False
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            # Once per wake-up however many frames arrive meanwhile; the
+            # switch itself must come from the event loop.
+            self._waiter = None
+            waiter.hub.loop.run_callback(waiter.switch, None)
 
     def end(self, reason: str = "closed") -> None:
         """End the stream: its reader gets :data:`ENDED` after the frames already queued."""
@@ -82,30 +100,33 @@ class Stream:
             return
         self.ended = True
         self.end_reason = reason
-        if reason == "overflow" or self._queue.full():
+        if reason == "overflow":
             # A reader that cannot keep up loses its backlog, not the server its memory.
-            self._queue.queue.clear()
-        self._queue.put_nowait(ENDED)
+            self._frames = None
+        self._wake()
         if reason == "overflow" and self.abort is not None:
             self.abort()
 
     def get(self) -> bytes:
-        """The next frames, joined so that one write carries them, or :data:`ENDED` when over.
+        """Every frame waiting, joined so that one write carries them; :data:`ENDED` when over.
 
         Blocks without a timer: keep-alives come from :func:`keep_alive`,
         one greenlet for every stream, rather than a timeout per wait.
         """
-        frame: bytes = self._queue.get()
-        waiting = self._queue.queue
-        if waiting and frame:
-            parts = [frame]
-            while waiting and waiting[0] and len(parts) < COALESCE:
-                parts.append(waiting.popleft())
-            frame = b"".join(parts)
-        return frame
+        while self._frames is None:
+            if self.ended:
+                return ENDED
+            waiter = self._waiter = Waiter()
+            try:
+                waiter.get()
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        frames, self._frames = self._frames, None
+        return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def pending(self) -> int:
-        return int(self._queue.qsize())
+        return len(self._frames) if self._frames else 0
 
 
 class LocalHub:

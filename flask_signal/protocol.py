@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import framing, signals
-from .brokers import BrokerUnavailable, Delivery, Membership
+from .brokers import Broker, BrokerUnavailable, Delivery, Membership
 from .hub import Stream
 from .parsing import (
     BadRequest,
@@ -99,7 +100,7 @@ def open_stream(
     sender: Any,
     kind: str,
     attach: Callable[[Stream], tuple[Any, bytes]],
-    detach: Callable[[Stream, Any], None],
+    detach: Callable[[Any], None],
     *,
     status: int = 200,
 ) -> Answer:
@@ -107,25 +108,29 @@ def open_stream(
 
     ``attach`` registers the stream (queueing its first frames) and returns
     what ``detach`` needs plus the bytes to send before queued frames;
-    ``detach(stream, attached)`` runs exactly once when the response ends.
+    ``detach(attached)`` runs exactly once when the response ends.
     """
     broker = st.broker
     stream = Stream(st.settings.queue_size, kind)
     attached, head = attach(stream)
     broker.hub.add(stream)
     signals.client_connected.send(sender, stream=stream)
-
-    def on_close() -> None:
-        try:
-            detach(stream, attached)
-        except BrokerUnavailable:
-            log.warning("broker unavailable while closing %r", stream)
-        finally:
-            broker.hub.discard(stream)
-            signals.client_disconnected.send(sender, stream=stream)
-
+    # A partial, not a closure: it lives as long as the client stays.
+    on_close = partial(_closed, broker, sender, detach, stream, attached)
     body = EventStream(stream, on_close=on_close, head=head, environ=environ)
     return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), body)
+
+
+def _closed(
+    broker: Broker, sender: Any, detach: Callable[[Any], None], stream: Stream, attached: Any
+) -> None:
+    try:
+        detach(attached)
+    except BrokerUnavailable:
+        log.warning("broker unavailable while closing %r", stream)
+    finally:
+        broker.hub.discard(stream)
+        signals.client_disconnected.send(sender, stream=stream)
 
 
 def answer_errors(handler: Callable[..., Answer]) -> Callable[..., Answer]:
@@ -159,7 +164,7 @@ def base(st: AppState, environ: dict[str, Any], sender: Any) -> Answer:
             sender,
             "swarm",
             lambda stream: (broker.create_swarm(stream), b""),
-            lambda stream, member: broker.leave_swarm(member),
+            broker.leave_swarm,
             status=st.settings.create_status,
         )
     if method == "HEAD":
@@ -196,7 +201,7 @@ def join_swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str
             raise Refusal(error(404, "no such swarm"))
         return member, b""
 
-    return open_stream(st, environ, sender, "swarm", attach, lambda s, m: broker.leave_swarm(m))
+    return open_stream(st, environ, sender, "swarm", attach, broker.leave_swarm)
 
 
 def post_signal(st: AppState, environ: dict[str, Any], swarm_id: str) -> Answer:

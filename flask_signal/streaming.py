@@ -6,8 +6,8 @@ gone, never started), so the peer always leaves exactly once.
 
 While the stream waits for its next frame the server is not reading the
 socket, so a client that hangs up would go unnoticed until the next
-keep-alive write fails. :func:`watch_for_close` puts a read watcher on the
-client socket; the server's own readers are idle during a streaming
+keep-alive write fails. Each stream puts a read watcher on its client
+socket; the server's own readers are idle during a streaming
 response, so readability there means the client closed (or pipelined a
 request, which ends the watch and leaves detection to the pings).
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
-from functools import partial
 from typing import Any
 
 import gevent
@@ -43,37 +42,6 @@ def client_socket(environ: dict[str, Any]) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def watch_for_close(sock: socket.socket, on_close: Callable[[], None]) -> Any:
-    """Call ``on_close`` from the event loop when the peer of ``sock`` closes.
-
-    Returns the watcher; ``stop()`` and ``close()`` it when the response ends.
-    """
-    raw = getattr(sock, "_sock", sock)  # gevent sockets wrap a non-blocking one
-    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
-
-    def readable() -> None:
-        try:
-            closed = not raw.recv(1, _PEEK)
-        except BlockingIOError:
-            return
-        except OSError:
-            closed = True
-        watcher.stop()
-        if closed:
-            on_close()
-
-    watcher.start(readable)
-    return watcher
-
-
-def _shutdown(sock: socket.socket) -> None:
-    # Fails the writer blocked on this socket with EPIPE, which servers treat
-    # as a client gone, so the response is closed. (gevent's own shutdown()
-    # would cancel the writer with EBADF, which gunicorn logs as an error.)
-    with contextlib.suppress(OSError):
-        getattr(sock, "_sock", sock).shutdown(socket.SHUT_RDWR)
-
-
 def cooperative() -> bool:
     """Whether this request runs in a gevent greenlet, as streams need.
 
@@ -85,9 +53,13 @@ def cooperative() -> bool:
 
 
 class EventStream(Iterator[bytes]):
-    """Iterate the frames of ``stream``: ``head`` first, then queued frames."""
+    """Iterate the frames of ``stream``: ``head`` first, then queued frames.
 
-    __slots__ = ("_closed", "_head", "_on_close", "_stream", "_watcher")
+    Held for as long as a client stays connected, so it keeps no closures:
+    the read watcher and the abort hook are bound methods of this object.
+    """
+
+    __slots__ = ("_closed", "_head", "_on_close", "_sock", "_stream", "_watcher")
 
     def __init__(
         self,
@@ -102,13 +74,36 @@ class EventStream(Iterator[bytes]):
         self._head = head
         self._closed = False
         sock = client_socket(environ) if environ is not None else None
+        # gevent sockets wrap a non-blocking one: peeking at it never waits.
+        self._sock: Any = getattr(sock, "_sock", sock)
         self._watcher = None
         if sock is not None:
-            self._watcher = watch_for_close(sock, self._disconnected)
-            stream.abort = partial(_shutdown, sock)
+            self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+            self._watcher.start(self._readable)
+            stream.abort = self._abort
 
-    def _disconnected(self) -> None:
-        self._stream.end("disconnected")
+    def _readable(self) -> None:
+        """Called by the event loop when the client socket turns readable."""
+        try:
+            closed = not self._sock.recv(1, _PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            closed = True
+        # Data instead of EOF (a pipelined request): stop watching, the
+        # keep-alive pings will find out if the client goes.
+        if self._watcher is not None:
+            self._watcher.stop()
+        if closed:
+            self._stream.end("disconnected")
+
+    def _abort(self) -> None:
+        # Fails the writer blocked on this socket with EPIPE, which servers
+        # treat as a client gone, so the response is closed. (gevent's own
+        # shutdown() would cancel the writer with EBADF, which gunicorn logs
+        # as an error.)
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
 
     def __iter__(self) -> EventStream:
         return self

@@ -83,7 +83,7 @@ def subscribe_response(
     protocol.check_stream_allowed(st, environ, channels)
     resume = last_event_id()
 
-    def attach(stream: Stream) -> tuple[None, bytes]:
+    def attach(stream: Stream) -> tuple[Stream, bytes]:
         replay = st.broker.subscribe(stream, channels, resume)
         frames = [b": ok\n\n"]
         if st.settings.retry is not None:
@@ -99,13 +99,11 @@ def subscribe_response(
             except BaseException:
                 st.broker.unsubscribe(stream)
                 raise
-        return None, b"".join(frames)
+        return stream, b"".join(frames)
 
     sender = current_app._get_current_object()  # type: ignore[attr-defined]
     return respond(
-        protocol.open_stream(
-            st, environ, sender, "channel", attach, lambda stream, _: st.broker.unsubscribe(stream)
-        )
+        protocol.open_stream(st, environ, sender, "channel", attach, st.broker.unsubscribe)
     )
 
 
