@@ -2,6 +2,9 @@
 
 Run it:   gunicorn -k gevent --worker-connections 10000 example_app:app
 Try it:   curl -N localhost:8000/signal          # creates a swarm, prints its connect event
+
+Settings come from FLASK_-prefixed environment variables, values as JSON:
+FLASK_SIGNAL_BROKER_URL=redis://localhost:6379/0, FLASK_SIGNAL_FAST_PATH=true ...
 """
 
 from flask import Flask
@@ -9,6 +12,7 @@ from flask import Flask
 from flask_signal import Signal
 
 app = Flask(__name__)
+app.config.from_prefixed_env()
 signal = Signal(app)
 
 
