@@ -292,7 +292,7 @@ class HTTPServer:
         limit_request_line: int = 4094,
         limit_request_fields: int = 100,
         limit_request_field_size: int = 8190,
-        header_map: str = "refuse",
+        header_map: str = "drop",
         forwarder_headers: Iterable[str] = (),
         secure_scheme_headers: dict[str, str] | None = None,
         trusted_proxy: Callable[[Any], bool] | None = None,
@@ -457,8 +457,9 @@ class Connection:
             self.remote_addr = addr.decode() if isinstance(addr, bytes) else str(addr or "")
             self.remote_port = ""
         self.scheme = "https" if hasattr(sock, "getpeercert") else "http"
+        # Only a trusted proxy may set the scheme or forwarder headers.
         self.trusted = (
-            bool(server.scheme_headers)
+            bool(server.scheme_headers or server.forwarder_headers)
             and server.trusted_proxy is not None
             and server.trusted_proxy(addr)
         )
@@ -516,8 +517,10 @@ class Connection:
         if "_" in upper:
             # X_Forwarded_For and X-Forwarded-For would share one key: let no
             # client smuggle a header past a proxy that way (gunicorn's rule).
+            # Not cached: the answer depends on the peer.
             server = self.server
-            if key[5:] in server.forwarder_headers or "*" in server.forwarder_headers:
+            forwarders = server.forwarder_headers
+            if self.trusted and (upper in forwarders or "*" in forwarders):
                 return key
             if server.header_map == "drop":
                 return ""
@@ -583,6 +586,8 @@ class Connection:
             unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1")
         )
         script_name = server.script_name
+        if self.trusted and "HTTP_SCRIPT_NAME" in env:
+            script_name = env["HTTP_SCRIPT_NAME"].rstrip("/")  # set by the proxy
         if script_name:
             if path_info != script_name and not path_info.startswith(script_name + "/"):
                 raise HTTPError(404, "path outside SCRIPT_NAME")

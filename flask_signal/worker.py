@@ -9,8 +9,10 @@ It speaks HTTP/1.x only: no HTTP/2, no proxy protocol.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -27,20 +29,36 @@ from .http import HTTPServer, Request, ResponseInfo
 __all__ = ["GeventWorker"]
 
 
-def _trust_check(cfg: Any) -> Any:
-    """A predicate telling whether a peer address may set the scheme headers."""
+def _trust_check(cfg: Any) -> Callable[[Any], bool]:
+    """A predicate telling whether a peer may set the scheme and forwarder headers.
+
+    gunicorn's forwarded_allow_ips rule, answered once per address.
+    """
     allowed = [ip.strip() for ip in cfg.forwarded_allow_ips]
     if "*" in allowed:
         return lambda addr: True
-    try:  # gunicorn's own rule, networks included, where this version has it
-        from gunicorn.http.message import _ip_in_allow_list
-
+    try:
         networks = cfg.forwarded_allow_networks()
-        return lambda addr: (
-            not isinstance(addr, tuple) or _ip_in_allow_list(addr[0], allowed, networks)
-        )
-    except (ImportError, AttributeError):
-        return lambda addr: not isinstance(addr, tuple) or addr[0] in allowed
+    except AttributeError:  # a gunicorn without network entries
+        networks = []
+    known: dict[str, bool] = {}
+
+    def trusted(addr: Any) -> bool:
+        if not isinstance(addr, tuple):
+            return True  # a unix socket: only local processes reach it
+        ip = addr[0]
+        found = known.get(ip)
+        if found is None:
+            try:
+                address = ipaddress.ip_address(ip)
+                found = ip in allowed or any(address in net for net in networks)
+            except ValueError:
+                found = False
+            if len(known) < 1024:
+                known[ip] = found
+        return found
+
+    return trusted
 
 
 def _listener_info(sock: Any) -> tuple[str, str]:

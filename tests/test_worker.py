@@ -356,6 +356,16 @@ def test_environ(server: Gunicorn) -> None:
     assert env["socket"] is True and env["greenlet"] is True
 
 
+def test_headers_with_underscores_and_a_proxy_set_script_name(server: Gunicorn) -> None:
+    with server.connect() as client:
+        # gunicorn's rules: X_Multi would pass for X-Multi, so it is dropped;
+        # SCRIPT_NAME is a forwarder header a trusted proxy (127.0.0.1) may set.
+        client.send(get("/mount/environ", "X_Multi: sneaky\r\nSCRIPT_NAME: /mount\r\n"))
+        env = json.loads(client.response()[2])
+    assert env["HTTP_X_MULTI"] is None
+    assert (env["SCRIPT_NAME"], env["PATH_INFO"]) == ("/mount", "/environ")
+
+
 def test_bad_requests(server: Gunicorn) -> None:
     with server.connect() as client:
         client.send(get("/" + "a" * 5000))
