@@ -419,6 +419,7 @@ class Connection:
         "fields",
         "greenlet",
         "head_bytes",
+        "head_since",
         "headers_sent",
         "in_head",
         "keep",
@@ -473,6 +474,7 @@ class Connection:
         self.head_bytes = 0
         self.fed = 0
         self.in_head = False
+        self.head_since = 0.0
         self.waiting = 0.0  # since when it waits for a request (0: busy)
         self.upgrade = False
         self.greenlet: Greenlet | None = None
@@ -493,6 +495,7 @@ class Connection:
         self.url = b""
         self.head_bytes = 0
         self.in_head = True
+        self.head_since = monotonic()
 
     def on_url(self, url: bytes) -> None:
         url = self.url + url if self.url else url
@@ -710,8 +713,9 @@ class Connection:
                 # accepted before its listeners closed.
                 if self.upgrade or (served and not server.alive):
                     break
-                # Keep-alive expiry is the server's sweep, not a timer per wait.
-                self.waiting = monotonic()
+                # Keep-alive expiry is the server's sweep, not a timer per wait;
+                # a request head gets the same time in all, however it trickles in.
+                self.waiting = self.head_since if self.in_head else monotonic()
                 received = self.fill()
                 self.waiting = 0.0
                 if not received:

@@ -410,6 +410,13 @@ def test_flask_app_runs_unchanged() -> None:
             assert client.response()[0] == 200
             client.sock.settimeout(4)  # keep-alive is 1 s: the server ends it first
             assert client.closed()
+        with srv.connect() as client:
+            # a head that trickles in gets no more time in all than keep-alive
+            client.send(b"GET /mnt/hello/slow HTTP/1.1\r\n")
+            with pytest.raises(OSError):
+                for _ in range(40):
+                    time.sleep(0.1)
+                    client.send(b"X-Slow: 1\r\n")
     finally:
         assert srv.stop() == 0
 
