@@ -8,6 +8,7 @@ the WHATWG EventSource does.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: and settings merged into every test server's (e.g. {"fast_path": true}).
 WORKER = os.environ.get("SIGNAL_TEST_WORKER", "gevent")
 OPTIONS: dict[str, Any] = json.loads(os.environ.get("SIGNAL_TEST_OPTIONS", "{}"))
+#: "redis": every test server is two server processes sharing a Redis broker,
+#: and each request goes to the next one (see :class:`Pair`).
+BROKER = os.environ.get("SIGNAL_TEST_BROKER", "memory")
+PAIRED = BROKER == "redis"
 
 
 def free_port() -> int:
@@ -87,6 +93,81 @@ class Server:
 
     def fired(self) -> list[dict[str, Any]]:
         return requests.get(self.origin + "/_test/fired", timeout=5).json()  # type: ignore[no-any-return]
+
+    def stats(self, channel: str | None = None) -> dict[str, Any]:
+        params = {"channel": channel} if channel else {}
+        return requests.get(self.origin + "/_test/stats", params=params, timeout=5).json()  # type: ignore[no-any-return]
+
+    def count(self, channel: str | None = None) -> int:
+        """Open streams in the server, all or on one channel."""
+        return int(self.stats(channel)["count"])
+
+
+class Pair:
+    """Two server processes sharing one Redis, standing in for one :class:`Server`.
+
+    Each use of ``url`` or ``origin`` names the next process, so a test's
+    requests alternate between them: what one process does must be seen by
+    the other. Counts and fired signals are the two processes' together.
+    """
+
+    def __init__(self, servers: list[Server]) -> None:
+        self.servers = servers
+        self.prefix = servers[0].prefix
+        self.port = servers[0].port
+        self.proc = servers[0].proc
+        self._turn = itertools.cycle(servers)
+
+    @property
+    def url(self) -> str:
+        return next(self._turn).url
+
+    @property
+    def origin(self) -> str:
+        return next(self._turn).origin
+
+    def worker_pids(self) -> list[int]:
+        return [pid for srv in self.servers for pid in srv.worker_pids()]
+
+    def stop(self, sig: int = os_signal.SIGTERM, timeout: float = 10) -> int:
+        return max(srv.stop(sig, timeout) for srv in self.servers)
+
+    def fired(self) -> list[dict[str, Any]]:
+        return [item for srv in self.servers for item in srv.fired()]
+
+    def stats(self, channel: str | None = None) -> dict[str, Any]:
+        each = [srv.stats(channel) for srv in self.servers]
+        return {k: sum(s[k] for s in each) for k, v in each[0].items() if isinstance(v, int)}
+
+    def count(self, channel: str | None = None) -> int:
+        return sum(srv.count(channel) for srv in self.servers)
+
+
+def start_hub(
+    tmp_path: Path,
+    settings: dict[str, Any] | None = None,
+    *,
+    redis_url: str | None = None,
+    **kw: Any,
+) -> Server | Pair:
+    """A server, or under ``SIGNAL_TEST_BROKER=redis`` a :class:`Pair` on ``redis_url``."""
+    if not PAIRED:
+        return start_server(tmp_path, settings, **kw)
+    assert redis_url is not None
+    shared = {
+        "broker_url": redis_url,
+        "redis_prefix": f"t{uuid.uuid4().hex[:10]}:",
+        **(settings or {}),
+    }
+    servers: list[Server] = []
+    try:
+        for _ in range(2):
+            servers.append(start_server(tmp_path, shared, **kw))
+    except Exception:
+        for srv in servers:
+            srv.stop()
+        raise
+    return Pair(servers)
 
 
 def start_server(

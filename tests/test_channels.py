@@ -29,9 +29,8 @@ def subscribe(srv: Server, path: str = "/channels/news", **kw: Any) -> SSE:
 
 def wait_count(srv: Server, channel: str | None, expected: int, timeout: float = 3) -> None:
     deadline = time.monotonic() + timeout
-    params = {"channel": channel} if channel else {}
     while True:
-        count = requests.get(f"{srv.origin}/_test/stats", params=params, timeout=5).json()["count"]
+        count = srv.count(channel)
         if count == expected:
             return
         assert time.monotonic() < deadline, f"count {count}, expected {expected}"
@@ -246,6 +245,7 @@ def test_declared_route_initial_event_comes_first(hub: Server) -> None:
 # -- limits ----------------------------------------------------------------------------
 
 
+@pytest.mark.single_process
 def test_max_clients_and_channel_cap(make_server) -> None:  # type: ignore[no-untyped-def]
     srv = make_server({"max_clients": 3, "channel_max_clients": 2, "retry_after": 7})
     a = subscribe(srv, "/channels/capped")
@@ -274,6 +274,7 @@ def rss_kb(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.single_process
 def test_slow_client_is_dropped_others_keep_receiving(make_server) -> None:  # type: ignore[no-untyped-def]
     srv = make_server({"queue_size": 4, "history_size": 2})
     (worker,) = srv.worker_pids()
@@ -290,8 +291,7 @@ def test_slow_client_is_dropped_others_keep_receiving(make_server) -> None:  # t
             got = fast.next(timeout=10)
             assert got.id == sent and len(got.data) == len(payload), i
         grown_mb = (rss_kb(worker) - before) / 1024
-        stats = requests.get(f"{srv.origin}/_test/stats", timeout=5).json()
-        assert stats["overflows"] == 1
+        assert srv.stats()["overflows"] == 1
         wait_count(srv, "flood", 1)
         # The slow client's backlog was bounded by its queue, not by what was published.
         assert grown_mb < 16, f"worker grew {grown_mb:.1f} MB"
