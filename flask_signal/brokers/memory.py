@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -38,22 +39,29 @@ class _Event(NamedTuple):
 
 
 class _Channel:
-    __slots__ = ("events", "evicted_seq")
+    __slots__ = ("events", "evicted_seq", "touched")
 
     def __init__(self, size: int) -> None:
         self.events: deque[_Event] = deque(maxlen=size)
         #: The highest sequence number pushed out of the history, 0 if none yet.
         self.evicted_seq = 0
+        self.touched = time.monotonic()
 
 
 class MemoryBroker(Broker):
     """State in this process. Every operation completes without yielding to
-    another greenlet, so each is atomic under gevent."""
+    another greenlet, so each is atomic under gevent.
+
+    A channel's history is forgotten ``history_ttl`` seconds after its last
+    publish once it has no subscriber, so that channel names that come and
+    go (one per user, per document) do not accumulate.
+    """
 
     url = "memory://"
 
-    def __init__(self, **options: Any) -> None:
+    def __init__(self, *, history_ttl: float = 86400.0, **options: Any) -> None:
         super().__init__(**options)
+        self.history_ttl = history_ttl
         self.swarms: dict[str, _Swarm] = {}
         self.history: dict[str, _Channel] = {}
         self.epoch = new_epoch()
@@ -151,12 +159,15 @@ class MemoryBroker(Broker):
         retry: int | None = None,
     ) -> str:
         self.seq += 1
+        if self.seq % 1024 == 0:
+            self._forget_idle_channels()
         event_id = id if id is not None else format_event_id(self.epoch, self.seq)
         frame = framing.message(data, event=event, id=event_id, retry=retry)
         for name in dict.fromkeys(channels):
             channel = self.history.get(name)
             if channel is None:
                 channel = self.history[name] = _Channel(self.history_size)
+            channel.touched = time.monotonic()
             if self.history_size:
                 if len(channel.events) == channel.events.maxlen:
                     channel.evicted_seq = channel.events[0].seq
@@ -166,6 +177,12 @@ class MemoryBroker(Broker):
                 self.sender, channel=name, id=event_id, event=event, clients=reached
             )
         return event_id
+
+    def _forget_idle_channels(self) -> None:
+        expired = time.monotonic() - self.history_ttl
+        for name, channel in tuple(self.history.items()):
+            if channel.touched < expired and name not in self.hub.channels:
+                del self.history[name]
 
     def publish_all(
         self,
