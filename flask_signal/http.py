@@ -41,6 +41,9 @@ _RECV_SIZE = 65536
 _BUFFER = bytearray(_RECV_SIZE)
 _VIEW = memoryview(_BUFFER)
 
+# Bodies up to this size go out in one write with what precedes them; larger
+# ones are sent on their own rather than copied to be joined.
+_COALESCE = 65536
 # Unread request body beyond this is not worth draining to keep a connection.
 _MAX_DRAIN = 1 << 20
 _CACHE_LIMIT = 1000
@@ -926,7 +929,11 @@ class Connection:
                 if len(body) < length:
                     self.keep = False
             self.sent = len(body)
-            self.send(head + body if body else head)
+            if len(body) > _COALESCE:
+                self.send(head)
+                self.send(body)
+            else:
+                self.send(head + body if body else head)
             return self.keep
         write = self.write
         for chunk in result:
@@ -960,19 +967,26 @@ class Connection:
             if head:
                 self.send(head)
             return
+        self.sent += len(data)
         if self.chunked:
+            if len(data) > _COALESCE:
+                self.send(head + b"%x\r\n" % len(data))
+                self.send(data)
+                self.send(b"\r\n")
+                return
             data = b"%x\r\n%b\r\n" % (len(data), data)
-            self.sent += len(data)
+        elif self.length is not None and self.sent > self.length:
+            data = data[: len(data) - (self.sent - self.length)]  # never past Content-Length
+            self.sent = self.length
+            if not data:
+                if head:
+                    self.send(head)
+                return
+        if head and len(data) > _COALESCE:
+            self.send(head)
+            self.send(data)
         else:
-            length = self.length
-            if length is not None and self.sent + len(data) > length:
-                data = data[: length - self.sent]
-                if not data:
-                    if head:
-                        self.send(head)
-                    return
-            self.sent += len(data)
-        self.send(head + data if head else data)
+            self.send(head + data if head else data)
 
     def send_simple(self, status: int, reason: str, keep: bool) -> None:
         body = reason.encode()

@@ -302,6 +302,20 @@ def test_write_callable_and_empty_chunks(server: Gunicorn) -> None:
         assert client.response()[2] == b"abcdef"
 
 
+def test_large_bodies_and_content_length_kept_by_the_server(server: Gunicorn) -> None:
+    with server.connect() as client:
+        client.send(get("/big?300000") + get("/bigstream") + get("/overlong"))
+        assert client.response()[2] == b"x" * 300_000
+        assert client.response()[2] == b"a" * 100_000 + b"b" * 10
+        # cut at the announced length, and the connection goes on
+        assert client.response()[2] == b"abcde"
+        client.send(get("/short"))
+        _, headers = client.head()
+        assert headers["content-length"] == "10"
+        with pytest.raises(EOFError):  # 3 bytes, then the close tells the client
+            client._exactly(10)
+
+
 def wait_for(check: Any, timeout: float = 5.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

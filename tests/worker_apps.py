@@ -127,6 +127,19 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
         write = start_response("200 OK", [("Content-Type", "text/plain")])
         write(b"written,")
         return [b"returned"]
+    if path == "/big":
+        body = b"x" * int(environ["QUERY_STRING"])
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/bigstream":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return iter([b"a" * 100_000, b"b" * 10])
+    if path == "/overlong":  # yields more than it announced
+        start_response("200 OK", [("Content-Length", "5")])
+        return iter([b"abc", b"defgh"])
+    if path == "/short":  # yields less than it announced
+        start_response("200 OK", [("Content-Length", "10")])
+        return iter([b"abc"])
     return _json(start_response, {"error": "not found"}, "404 Not Found")
 
 
