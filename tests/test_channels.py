@@ -368,3 +368,14 @@ def test_http_publish_with_a_key(make_server) -> None:  # type: ignore[no-untype
         missing = requests.post(url, json={"event": "x"}, headers=auth, timeout=5)
         assert missing.status_code == 400
         assert sse.quiet(0.1) == []
+
+
+def test_configured_headers_on_every_stream(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server({"headers": {"X-Custom": "yes", "Cache-Control": "no-cache, no-transform"}})
+    for path in ("/channels/headers", ""):
+        with SSE.open(srv.url + path) as sse:
+            assert sse.status == 200
+            assert sse.headers["x-custom"] == "yes"
+            assert sse.headers["cache-control"] == "no-cache, no-transform"
+            assert sse.headers["x-accel-buffering"] == "no"
+            assert sse.headers["content-type"] == "text/event-stream; charset=utf-8"
