@@ -130,14 +130,20 @@ def test_redis_stop_answers_503_then_serves_again(
         assert "error" in answer.json()
 
         own_redis.start()
+        # Each worker reconnects on its own backoff: a new stream is served by a
+        # worker that is back, while the other may still refuse for a moment.
         deadline = time.monotonic() + 20
         while True:
-            with SSE.open(server.url) as probe:
-                if probe.status == 200:
-                    break
+            probe = SSE.open(server.url)
+            if probe.status == 200:
+                break
+            probe.close()
             assert time.monotonic() < deadline, "still refusing after Redis came back"
             time.sleep(0.2)
-        again = Peer.open(server.url)
+        connect = probe.next()
+        assert connect.event == "connect", connect
+        fields = connect.json()
+        again = Peer(probe, fields["id"], fields["cid"], fields["token"])
         try:
             assert again.post(server.url, "back").status_code == 200
             assert again.sse.next().json() == "back"
