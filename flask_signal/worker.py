@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 import time
 from collections.abc import Callable
 from functools import partial
@@ -74,6 +75,28 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
 
     http: HTTPServer | None = None
     alive: bool  # set by gunicorn's Worker; the signal handlers clear it
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """Refuse settings this worker cannot honour (gunicorn's arbiter calls this at start)."""
+        h_protocols = ",".join(getattr(cfg, "http_protocols", None) or ["h1"])
+        unsupported = [
+            f"--{name.replace('_', '-')} {value}"
+            for name, value, fine in (
+                ("protocol", getattr(cfg, "protocol", "http"), ("http",)),
+                ("proxy_protocol", getattr(cfg, "proxy_protocol", "off"), ("off", "False", "None")),
+                ("http_protocols", h_protocols, ("h1",)),
+            )
+            if str(value) not in fine
+        ]
+        if unsupported:
+            # Serving these as HTTP/1.1 would garble every request: refuse to start.
+            log.error(
+                "%s serves plain HTTP/1.x only; use -k gevent for %s",
+                cls.__name__,
+                ", ".join(unsupported),
+            )
+            sys.exit(1)
 
     def make_server(self) -> HTTPServer:
         """The HTTP server of this process, configured from gunicorn's settings."""

@@ -514,3 +514,15 @@ def test_access_log_and_request_hooks(server: Gunicorn, logs: Path) -> None:
     assert "post GET /error 500 Internal Server Error" in hooks
     access = wait_for(lambda: (logs / "access.log").read_text())
     assert '"GET /environ?logged=1 HTTP/1.1" 200' in access
+
+
+def test_settings_it_cannot_honour_stop_gunicorn_with_the_reason() -> None:
+    proc = subprocess.run(
+        [GUNICORN, "-k", WORKER, "-b", f"127.0.0.1:{free_port()}", "--protocol", "uwsgi",
+         "tests.worker_apps:app"],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=30,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    assert b"serves plain HTTP/1.x only; use -k gevent for --protocol uwsgi" in proc.stderr
