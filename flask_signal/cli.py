@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from . import __version__
 from .parsing import parse_size
-from .server import Identity, create_app, serve
+from .server import WORKER_CLASS, Identity, create_app, serve
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="memory://",
         metavar="URL",
         help="where swarms live: memory:// (one process) or redis://host:port/db",
+    )
+    add(
+        "-k",
+        "--worker-class",
+        default=WORKER_CLASS,
+        metavar="CLASS",
+        help=f"gunicorn worker class ({WORKER_CLASS}; 'gevent' for gunicorn's own)",
     )
     add("--log-level", default="info", choices=LOG_LEVELS, help="server log level (info)")
     return parser
@@ -118,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     options = {
         "bind": [bind],
         "workers": args.workers,
+        "worker_class": args.worker_class,
         "loglevel": args.log_level,
         "proc_name": "flask-signal",
     }

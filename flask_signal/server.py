@@ -14,6 +14,7 @@ import grp
 import importlib
 import os
 import pwd
+import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -26,8 +27,9 @@ from gunicorn.app.base import BaseApplication
 
 from .extension import Signal
 
-#: The gunicorn worker class the hub runs on.
-WORKER_CLASS = "gevent"
+#: The gunicorn worker class the hub runs on: the project's own, which parses
+#: HTTP with httptools; ``gevent`` (gunicorn's) is fully supported too.
+WORKER_CLASS = "flask_signal.worker.GeventWorker"
 
 #: gunicorn settings for a server of long-lived streams.
 STREAM_SETTINGS: dict[str, Any] = {
@@ -35,7 +37,8 @@ STREAM_SETTINGS: dict[str, Any] = {
     # Each open stream holds a connection (and a greenlet) for as long as the
     # peer stays; gunicorn's default of 1000 per worker would leave the
     # 1001st peer waiting in the accept queue, i.e. a silently hung client.
-    "worker_connections": 10000,
+    # Each also needs a file descriptor: see raise_fd_limit().
+    "worker_connections": 20000,
     # Streams never finish by themselves: shutdown ends them (see
     # end_streams), so waiting long for "open requests" only delays exit.
     "graceful_timeout": 3,
@@ -58,10 +61,15 @@ def create_app(
     ping_interval: float = 15,
     broker_url: str = "memory://",
 ) -> Flask:
-    """A standalone hub: the swarm protocol at ``prefix`` (the root by default), CORS open."""
+    """A standalone hub: the swarm protocol at ``prefix`` (the root by default), CORS open.
+
+    The fast path is on: this app has no hooks of its own for swarm requests
+    to skip.
+    """
     app = Flask("flask_signal.server")
     Signal(
         app,
+        fast_path=True,
         url_prefix=prefix,
         limit=limit,
         cors=cors or False,
@@ -256,7 +264,21 @@ class HubApplication(BaseApplication):  # type: ignore[misc]
         end_streams(self.application)
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit of open files to its hard limit; returns the limit.
+
+    Every stream is a socket: the common default soft limit of 1024 would cap a
+    hub far below ``worker_connections``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def serve(app: Flask, options: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
     """Run gunicorn on ``app`` until it is stopped; exits the process with gunicorn's status."""
+    raise_fd_limit()
     HubApplication(app, options, **kwargs).run()
     sys.exit(0)

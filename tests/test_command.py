@@ -168,6 +168,20 @@ def test_prints_where_it_listens_and_serves(command: Callable[..., Command]) -> 
         assert peer.initiator and peer.id and peer.cid and peer.token
 
 
+@pytest.mark.parametrize("worker", [None, "gevent"])
+def test_worker_classes(command: Callable[..., Command], worker: str | None) -> None:
+    """The project's worker (httptools parsing) by default; gunicorn's gevent worker on request."""
+    cmd = command(*(["-k", worker] if worker else []))
+    with Peer(cmd.url, timeout=(5, 5)) as owner, Peer(cmd.url, owner.id, timeout=(5, 5)) as peer:
+        peer.send({"to": "all"})
+        events = iter(owner)
+        assert next(events) == ("join", {"id": owner.id, "cid": peer.cid})
+        assert next(events) == ("signal", {"to": "all"})
+    (pid,) = cmd.worker_pids()
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert ("httptools" in maps) is (worker is None)
+
+
 def test_prefix(command: Callable[..., Command]) -> None:
     cmd = command("--prefix", "/signal", prefix="/signal")
     assert f"listening on http://127.0.0.1:{cmd.port}/signal\n" in cmd.output()
