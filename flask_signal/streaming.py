@@ -22,7 +22,7 @@ from typing import Any
 import gevent
 from greenlet import getcurrent
 
-from .hub import ENDED, Stream
+from .hub import Stream
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 
@@ -113,7 +113,7 @@ class EventStream(Iterator[bytes]):
             head, self._head = self._head, b""
             return head
         frame = self._stream.get()
-        if frame is ENDED or not frame or self._closed:
+        if not frame or self._closed:  # ENDED is the empty frame
             raise StopIteration
         return frame
 
