@@ -16,6 +16,7 @@ from .brokers import Broker, Delivery, from_url
 from .hub import LocalHub, keep_alive
 from .parsing import parse_size
 from .protocol import Refusal
+from .streaming import capture_start_response
 
 log = logging.getLogger("flask_signal")
 
@@ -206,6 +207,7 @@ class Signal:
                 expose_headers=["Retry-After"],
             )
         app.register_blueprint(blueprint)
+        app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign]
         if settings.fast_path:
             from .fastpath import FastPath
 

@@ -47,6 +47,7 @@ class Stream:
         "maxsize",
         "serial",
         "swarm_id",
+        "writer",
     )
 
     def __init__(self, maxsize: int, kind: str = "swarm") -> None:
@@ -66,6 +67,13 @@ class Stream:
         #: Cuts the connection; set by the response so that an overflowing
         #: stream whose writer is stuck on a full socket is freed at once.
         self.abort: Callable[[], None] | None = None
+        #: Writes a frame to the client at once, from whichever greenlet puts
+        #: it, while the reader waits with nothing queued: a delivery then
+        #: costs one ``send`` instead of waking the reader. Returns whether it
+        #: took the frame (False: nothing was written, queue it). Set by the
+        #: response once the server has sent its headers (see
+        #: :mod:`flask_signal.streaming`).
+        self.writer: Callable[[bytes], bool] | None = None
 
     def __repr__(self) -> str:
         state = f"ended:{self.end_reason}" if self.ended else "open"
@@ -77,16 +85,23 @@ class Stream:
             return False
         frames = self._frames
         if frames is None:
+            writer = self.writer
+            if writer is not None and self._waiter is not None:
+                if writer(frame):
+                    return True
+                if self.end_reason is not None:  # the writer found the client gone
+                    return False
             self._frames = [frame]
         elif len(frames) < self.maxsize:
             frames.append(frame)
         else:
             self.end("overflow")
             return False
-        self._wake()
+        self.wake()
         return True
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
+        """Make a waiting :meth:`get` return, even with nothing queued."""
         waiter = self._waiter
         if waiter is not None:
             # Once per wake-up however many frames arrive meanwhile; the
@@ -103,17 +118,18 @@ class Stream:
         if reason == "overflow":
             # A reader that cannot keep up loses its backlog, not the server its memory.
             self._frames = None
-        self._wake()
+        self.wake()
         if reason == "overflow" and self.abort is not None:
             self.abort()
 
-    def get(self) -> bytes:
+    def get(self) -> bytes | None:
         """Every frame waiting, joined so that one write carries them; :data:`ENDED` when over.
 
         Blocks without a timer: keep-alives come from :func:`keep_alive`,
         one greenlet for every stream, rather than a timeout per wait.
+        ``None`` when :meth:`wake` ended the wait with nothing queued.
         """
-        while self._frames is None:
+        if self._frames is None:
             if self.ended:
                 return ENDED
             waiter = self._waiter = Waiter()
@@ -122,6 +138,8 @@ class Stream:
             finally:
                 if self._waiter is waiter:
                     self._waiter = None
+            if self._frames is None:
+                return ENDED if self.ended else None
         frames, self._frames = self._frames, None
         return frames[0] if len(frames) == 1 else b"".join(frames)
 

@@ -10,6 +10,18 @@ keep-alive write fails. Each stream puts a read watcher on its client
 socket; the server's own readers are idle during a streaming
 response, so readability there means the client closed (or pipelined a
 request, which ends the watch and leaves detection to the pings).
+
+Once the server has sent the response headers, an idle stream also takes
+frames straight to its socket (:attr:`Stream.writer`): the greenlet that
+publishes writes each subscriber's frame with one non-blocking ``send``,
+framed as the server frames the body, instead of waking each response's
+greenlet to do it. That is what makes a broadcast to a thousand peers a
+loop of sends. It is only done where the server is known to write every
+chunk as it comes and its framing can be read off its response object —
+gunicorn's gevent worker and :mod:`flask_signal.worker` over plain
+HTTP/1.x — and never on TLS sockets; everywhere else frames go through
+the server as usual. A client that cannot take a frame whole gets the rest
+from its own greenlet, before anything queued after it.
 """
 
 from __future__ import annotations
@@ -20,11 +32,52 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
+from gevent.socket import socket as GeventSocket
 from greenlet import getcurrent
 
 from .hub import Stream
 
 _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
+
+#: Where the extension's middleware leaves the server's ``start_response``.
+START_RESPONSE = "flask_signal.start_response"
+
+# Response writers whose framing is known: (module, class) of the object
+# whose bound method is the server's start_response. Exact classes only: a
+# subclass may frame the body its own way.
+_DIRECT_SERVERS = {
+    ("gunicorn.http.wsgi", "Response"),
+    ("flask_signal.http", "Connection"),
+}
+
+
+def capture_start_response(wsgi_app: Any) -> Any:
+    """Wrap a WSGI app so that streams can find the server's response writer."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        environ[START_RESPONSE] = start_response
+        return wsgi_app(environ, start_response)
+
+    return app
+
+
+def direct_socket(environ: dict[str, Any]) -> tuple[socket.socket, bool] | None:
+    """The plain socket a response's frames may be written to directly, and
+    whether they are chunk-framed; None where that is not known to be safe.
+
+    Call it only once the response headers are out.
+    """
+    writer: Any = getattr(environ.get(START_RESPONSE), "__self__", None)
+    cls = type(writer)
+    if (cls.__module__, cls.__qualname__) not in _DIRECT_SERVERS:
+        return None
+    if not getattr(writer, "headers_sent", False):
+        return None
+    sock: Any = getattr(writer, "sock", None)
+    # Exactly gevent's plain socket: never TLS, whose bytes must go through it.
+    if type(sock) is not GeventSocket:
+        return None
+    return sock._sock, bool(writer.chunked)
 
 
 def client_socket(environ: dict[str, Any]) -> socket.socket | None:
@@ -59,7 +112,19 @@ class EventStream(Iterator[bytes]):
     the read watcher and the abort hook are bound methods of this object.
     """
 
-    __slots__ = ("_closed", "_head", "_on_close", "_sock", "_stream", "_watcher")
+    __slots__ = (
+        "_chunked",
+        "_closed",
+        "_environ",
+        "_gsock",
+        "_head",
+        "_on_close",
+        "_rest",
+        "_sock",
+        "_started",
+        "_stream",
+        "_watcher",
+    )
 
     def __init__(
         self,
@@ -73,7 +138,12 @@ class EventStream(Iterator[bytes]):
         self._on_close: Callable[[], None] | None = on_close
         self._head = head
         self._closed = False
+        self._started = False
+        self._chunked = False
+        self._rest = b""
+        self._environ = environ
         sock = client_socket(environ) if environ is not None else None
+        self._gsock: Any = sock
         # gevent sockets wrap a non-blocking one: peeking at it never waits.
         self._sock: Any = getattr(sock, "_sock", sock)
         self._watcher = None
@@ -111,11 +181,62 @@ class EventStream(Iterator[bytes]):
     def __next__(self) -> bytes:
         if self._head:
             head, self._head = self._head, b""
+            self._started = True
             return head
-        frame = self._stream.get()
-        if not frame or self._closed:  # ENDED is the empty frame
-            raise StopIteration
-        return frame
+        stream = self._stream
+        if self._started and self._environ is not None:
+            self._take_over(stream)
+        while True:
+            frame = stream.get()
+            # The rest of a direct write goes before anything queued after it.
+            if self._rest and not self._flush():
+                raise StopIteration
+            if frame is None:  # woken only to send that rest
+                continue
+            if not frame or self._closed:  # ENDED is the empty frame
+                raise StopIteration
+            self._started = True
+            return frame
+
+    def _take_over(self, stream: Stream) -> None:
+        """Install the direct writer, once: the server has sent the headers
+        (it was handed a first chunk and asked for the next)."""
+        environ, self._environ = self._environ, None
+        if environ is None or self._closed:
+            return
+        found = direct_socket(environ)
+        if found is not None:
+            self._sock, self._chunked = found
+            stream.writer = self._write_now
+
+    def _write_now(self, frame: bytes) -> bool:
+        """:attr:`Stream.writer`: send ``frame`` now without blocking; False if
+        nothing could be sent. A part left unsent is kept for :meth:`_flush`."""
+        data = b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            return False
+        except OSError:
+            self._stream.writer = None
+            self._stream.end("disconnected")
+            return False
+        if sent < len(data):
+            # Nothing else may be written before the rest: stop taking frames
+            # (they queue) and wake the reader to finish this one.
+            self._rest = data[sent:]
+            self._stream.wake()
+        return True
+
+    def _flush(self) -> bool:
+        """Send the rest of a direct write from the response's own greenlet."""
+        rest, self._rest = self._rest, b""
+        try:
+            self._gsock.sendall(rest)
+        except OSError:
+            self._stream.end("disconnected")
+            return False
+        return True
 
     def close(self) -> None:
         """End the stream and run its cleanup, once, however the response ended."""
@@ -128,6 +249,7 @@ class EventStream(Iterator[bytes]):
             self._watcher = None
         self._stream.end()
         self._stream.abort = None
+        self._stream.writer = None
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()

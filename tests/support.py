@@ -254,9 +254,20 @@ class SSE:
     _events: list[Event] = field(default_factory=list)
 
     @classmethod
-    def open(cls, url: str, headers: dict[str, str] | None = None, timeout: float = 5) -> SSE:
+    def open(
+        cls,
+        url: str,
+        headers: dict[str, str] | None = None,
+        timeout: float = 5,
+        rcvbuf: int | None = None,
+    ) -> SSE:
+        """``rcvbuf`` shrinks the receive buffer, as a slow or distant client's."""
         parts = urlsplit(url)
-        sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+        sock = socket.socket()
+        sock.settimeout(timeout)
+        if rcvbuf is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.connect((parts.hostname, parts.port))
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         lines = [f"GET {path} HTTP/1.1", f"Host: {parts.netloc}"]
         lines += [f"{k}: {v}" for k, v in (headers or {}).items()]

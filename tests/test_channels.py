@@ -298,6 +298,24 @@ def test_slow_client_is_dropped_others_keep_receiving(make_server) -> None:  # t
     slow.close()
 
 
+def test_a_client_reading_late_gets_every_frame_whole_and_in_order(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Frames published while the client does not read fill its buffers: some
+    are written in part, their rest must go out before any later frame."""
+    srv = make_server({"queue_size": 200})
+    with subscribe(srv, "/channels/late", rcvbuf=4096) as late:
+        wait_count(srv, "late", 1)
+        # 6 MB in all, past what the socket buffers of both ends hold, in
+        # sizes that do not divide them.
+        payloads = [f"{i:03d}" + "y" * (100_000 + 7 * i) for i in range(60)]
+        ids = [publish(srv, "late", payload) for payload in payloads]
+        events = late.events(len(payloads), timeout=20)
+        assert [event.id for event in events] == ids
+        assert [event.data for event in events] == payloads
+        publish(srv, "late", "after")
+        assert late.next().data == "after"
+    assert srv.stats()["overflows"] == 0
+
+
 def test_connect_and_disconnect_signals_fire_once(make_server) -> None:  # type: ignore[no-untyped-def]
     srv = make_server()
     with subscribe(srv, "/channels/life") as sse:

@@ -1,0 +1,122 @@
+"""EventStream's direct writes, in-process: flask_signal.http serving one stream to a socket."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import gevent
+import gevent.socket
+import pytest
+from gevent.server import StreamServer
+
+from flask_signal.http import HTTPServer
+from flask_signal.hub import Stream
+from flask_signal.streaming import (
+    START_RESPONSE,
+    EventStream,
+    capture_start_response,
+    direct_socket,
+)
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Served:
+    """One stream served over HTTP/1.1 on a free port, and the client connected to it."""
+
+    def __init__(self) -> None:
+        self.stream = Stream(100)
+        self.closed: list[bool] = []
+        http = HTTPServer(capture_start_response(self.app), {}, logging.getLogger("test"))
+        self.server = StreamServer(("127.0.0.1", 0), partial(http.handle, ("127.0.0.1", "0")))
+        self.server.start()
+        self.client: Any = gevent.socket.socket()
+        # Small, so that a large frame cannot be sent whole (set before
+        # connecting: shrinking an open connection's window stalls it).
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.client.connect(self.server.address)
+        self.received = b""
+
+    def app(self, environ: dict[str, Any], start_response: Any) -> EventStream:
+        start_response("200 OK", [("Content-Type", "text/event-stream")])
+        return EventStream(self.stream, on_close=partial(self.closed.append, True), environ=environ)
+
+    def read_until(self, marker: bytes) -> bytes:
+        with gevent.Timeout(5):
+            while marker not in self.received:
+                data = self.client.recv(65536)
+                assert data, f"closed; received {self.received!r}"
+                self.received += data
+        got, _, self.received = self.received.partition(marker)
+        return got + marker
+
+    def wait_writer(self) -> None:
+        """Until the response has sent its first frame and waits for the next."""
+        with gevent.Timeout(5):
+            while self.stream.writer is None:
+                gevent.sleep(0.005)
+
+    def close(self) -> None:
+        self.client.close()
+        with gevent.Timeout(5):
+            while not self.closed:
+                gevent.sleep(0.005)
+        self.server.stop()
+
+
+@pytest.fixture
+def served() -> Iterator[Served]:
+    served = Served()
+    served.client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    served.stream.put(b"first\n\n")
+    head = served.read_until(b"first\n\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"Transfer-Encoding: chunked" in head
+    served.wait_writer()
+    yield served
+    served.close()
+
+
+def test_a_frame_for_an_idle_stream_is_sent_by_the_greenlet_that_puts_it(served: Served) -> None:
+    assert served.stream.put(b"second\n\n")
+    # No other greenlet ran since put(): the chunk is already at the client.
+    assert served.client._sock.recv(100, socket.MSG_DONTWAIT) == b"8\r\nsecond\n\n\r\n"
+
+
+def test_a_write_cut_short_is_finished_before_later_frames(served: Served) -> None:
+    big = b"data: " + b"z" * (8 << 20) + b"\n\n"  # more than both ends' buffers hold
+    assert served.stream.put(big)
+    assert served.stream.writer is not None and served.stream.pending() == 0
+    # Queued behind the rest of `big`, which the response's greenlet sends.
+    assert served.stream.put(b"after\n\n")
+    assert served.stream.pending() == 1
+    expected = b"%x\r\n%b\r\n" % (len(big), big) + b"7\r\nafter\n\n\r\n"
+    assert served.read_until(b"after\n\n\r\n") == expected
+    # Idle again: direct once more.
+    gevent.sleep(0.05)
+    assert served.stream.put(b"again\n\n")
+    assert served.client._sock.recv(100, socket.MSG_DONTWAIT) == b"7\r\nagain\n\n\r\n"
+
+
+def test_a_client_gone_ends_the_stream_on_the_next_direct_write(served: Served) -> None:
+    served.client._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    served.client._sock.close()  # a reset, before the server's close watcher runs
+    while served.stream.put(b"x\n\n"):
+        pass  # the first write may still be accepted by the kernel
+    assert served.stream.end_reason == "disconnected"
+    served.client = gevent.socket.socket()  # for close()
+
+
+def test_no_direct_socket_for_unknown_servers() -> None:
+    assert direct_socket({}) is None
+    assert direct_socket({START_RESPONSE: lambda status, headers: None}) is None
+
+    class Response:  # a look-alike, but not a server whose framing is known
+        headers_sent = True
+        chunked = True
+        sock = gevent.socket.socket()
+
+    assert direct_socket({START_RESPONSE: Response().__init__}) is None
