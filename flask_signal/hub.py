@@ -9,8 +9,8 @@ streams are the peers and channel subscribers of this process. Brokers (see
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import gevent
 from gevent.hub import Waiter
@@ -21,6 +21,16 @@ from .framing import PING
 ENDED = b""
 
 _serial = itertools.count(1)
+
+
+class Response(Protocol):
+    """What a response reading a :class:`Stream` offers it."""
+
+    def write_now(self, frame: bytes) -> bool:
+        """Send ``frame`` to the client without blocking; False if nothing was sent."""
+
+    def abort(self) -> None:
+        """Cut the connection, so that a writer stuck on a full socket is freed."""
 
 
 class Stream:
@@ -37,17 +47,17 @@ class Stream:
         "__weakref__",
         "_frames",
         "_waiter",
-        "abort",
         "channels",
         "cid",
+        "direct",
         "end_reason",
         "ended",
         "kind",
         "last_seq",
         "maxsize",
+        "response",
         "serial",
         "swarm_id",
-        "writer",
     )
 
     def __init__(self, maxsize: int, kind: str = "swarm") -> None:
@@ -64,16 +74,13 @@ class Stream:
         self.last_seq = 0
         self.swarm_id: str | None = None
         self.cid: str | None = None
-        #: Cuts the connection; set by the response so that an overflowing
-        #: stream whose writer is stuck on a full socket is freed at once.
-        self.abort: Callable[[], None] | None = None
-        #: Writes a frame to the client at once, from whichever greenlet puts
-        #: it, while the reader waits with nothing queued: a delivery then
-        #: costs one ``send`` instead of waking the reader. Returns whether it
-        #: took the frame (False: nothing was written, queue it). Set by the
-        #: response once the server has sent its headers (see
-        #: :mod:`flask_signal.streaming`).
-        self.writer: Callable[[bytes], bool] | None = None
+        #: The response that reads this stream, when it can do more than read
+        #: (see :class:`Response`); one reference, as a stream lives long.
+        self.response: Response | None = None
+        #: Whether :meth:`put` may hand frames to ``response.write_now``
+        #: while the reader waits with nothing queued: a delivery then costs
+        #: one ``send`` instead of waking the reader.
+        self.direct = False
 
     def __repr__(self) -> str:
         state = f"ended:{self.end_reason}" if self.ended else "open"
@@ -85,11 +92,11 @@ class Stream:
             return False
         frames = self._frames
         if frames is None:
-            writer = self.writer
-            if writer is not None and self._waiter is not None:
-                if writer(frame):
+            if self.direct and self._waiter is not None:
+                assert self.response is not None
+                if self.response.write_now(frame):
                     return True
-                if self.end_reason is not None:  # the writer found the client gone
+                if self.end_reason is not None:  # the write found the client gone
                     return False
             self._frames = [frame]
         elif len(frames) < self.maxsize:
@@ -119,8 +126,8 @@ class Stream:
             # A reader that cannot keep up loses its backlog, not the server its memory.
             self._frames = None
         self.wake()
-        if reason == "overflow" and self.abort is not None:
-            self.abort()
+        if reason == "overflow" and self.response is not None:
+            self.response.abort()
 
     def get(self) -> bytes | None:
         """Every frame waiting, joined so that one write carries them; :data:`ENDED` when over.

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import framing, signals
@@ -100,37 +99,48 @@ def open_stream(
     sender: Any,
     kind: str,
     attach: Callable[[Stream], tuple[Any, bytes]],
-    detach: Callable[[Any], None],
+    detach: str,
     *,
     status: int = 200,
 ) -> Answer:
     """Open a stream, attach it to the broker, and answer with its SSE body.
 
     ``attach`` registers the stream (queueing its first frames) and returns
-    what ``detach`` needs plus the bytes to send before queued frames;
-    ``detach(attached)`` runs exactly once when the response ends.
+    what the broker needs to detach it plus the bytes to send before queued
+    frames; the broker method named ``detach`` is called with that exactly
+    once, when the response ends.
     """
     broker = st.broker
     stream = Stream(st.settings.queue_size, kind)
     attached, head = attach(stream)
     broker.hub.add(stream)
     signals.client_connected.send(sender, stream=stream)
-    # A partial, not a closure: it lives as long as the client stays.
-    on_close = partial(_closed, broker, sender, detach, stream, attached)
+    on_close = _Detach(broker, sender, detach, stream, attached)
     body = EventStream(stream, on_close=on_close, head=head, environ=environ)
     return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), body)
 
 
-def _closed(
-    broker: Broker, sender: Any, detach: Callable[[Any], None], stream: Stream, attached: Any
-) -> None:
-    try:
-        detach(attached)
-    except BrokerUnavailable:
-        log.warning("broker unavailable while closing %r", stream)
-    finally:
-        broker.hub.discard(stream)
-        signals.client_disconnected.send(sender, stream=stream)
+class _Detach:
+    """A stream's cleanup. Kept for as long as the client stays, so it is as
+    small as can be: slots, and the broker method by name rather than bound."""
+
+    __slots__ = ("attached", "broker", "method", "sender", "stream")
+
+    def __init__(self, broker: Broker, sender: Any, method: str, stream: Stream, attached: Any):
+        self.broker = broker
+        self.sender = sender
+        self.method = method
+        self.stream = stream
+        self.attached = attached
+
+    def __call__(self) -> None:
+        try:
+            getattr(self.broker, self.method)(self.attached)
+        except BrokerUnavailable:
+            log.warning("broker unavailable while closing %r", self.stream)
+        finally:
+            self.broker.hub.discard(self.stream)
+            signals.client_disconnected.send(self.sender, stream=self.stream)
 
 
 def answer_errors(handler: Callable[..., Answer]) -> Callable[..., Answer]:
@@ -164,7 +174,7 @@ def base(st: AppState, environ: dict[str, Any], sender: Any) -> Answer:
             sender,
             "swarm",
             lambda stream: (broker.create_swarm(stream), b""),
-            broker.leave_swarm,
+            "leave_swarm",
             status=st.settings.create_status,
         )
     if method == "HEAD":
@@ -201,7 +211,7 @@ def join_swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str
             raise Refusal(error(404, "no such swarm"))
         return member, b""
 
-    return open_stream(st, environ, sender, "swarm", attach, broker.leave_swarm)
+    return open_stream(st, environ, sender, "swarm", attach, "leave_swarm")
 
 
 def post_signal(st: AppState, environ: dict[str, Any], swarm_id: str) -> Answer:

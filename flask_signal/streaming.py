@@ -12,7 +12,7 @@ response, so readability there means the client closed (or pipelined a
 request, which ends the watch and leaves detection to the pings).
 
 Once the server has sent the response headers, an idle stream also takes
-frames straight to its socket (:attr:`Stream.writer`): the greenlet that
+frames straight to its socket (:attr:`Stream.direct`): the greenlet that
 publishes writes each subscriber's frame with one non-blocking ``send``,
 framed as the server frames the body, instead of waking each response's
 greenlet to do it. That is what makes a broadcast to a thousand peers a
@@ -109,7 +109,8 @@ class EventStream(Iterator[bytes]):
     """Iterate the frames of ``stream``: ``head`` first, then queued frames.
 
     Held for as long as a client stays connected, so it keeps no closures:
-    the read watcher and the abort hook are bound methods of this object.
+    the read watcher is a bound method of this object, and the stream refers to
+    it as its :class:`~flask_signal.hub.Response`.
     """
 
     __slots__ = (
@@ -150,7 +151,7 @@ class EventStream(Iterator[bytes]):
         if sock is not None:
             self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
             self._watcher.start(self._readable)
-            stream.abort = self._abort
+            stream.response = self
 
     def _readable(self) -> None:
         """Called by the event loop when the client socket turns readable."""
@@ -167,7 +168,7 @@ class EventStream(Iterator[bytes]):
         if closed:
             self._stream.end("disconnected")
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         # Fails the writer blocked on this socket with EPIPE, which servers
         # treat as a client gone, so the response is closed. (gevent's own
         # shutdown() would cancel the writer with EBADF, which gunicorn logs
@@ -205,20 +206,27 @@ class EventStream(Iterator[bytes]):
         if environ is None or self._closed:
             return
         found = direct_socket(environ)
+        # The environ lives as long as the stream; drop what can no longer be
+        # used now that the response has started (gunicorn's early-hints
+        # closure alone is some 300 bytes per stream).
+        environ.pop(START_RESPONSE, None)
+        environ.pop("wsgi.early_hints", None)
         if found is not None:
             self._sock, self._chunked = found
-            stream.writer = self._write_now
+            stream.direct = True
 
-    def _write_now(self, frame: bytes) -> bool:
-        """:attr:`Stream.writer`: send ``frame`` now without blocking; False if
-        nothing could be sent. A part left unsent is kept for :meth:`_flush`."""
+    def write_now(self, frame: bytes) -> bool:
+        """Send ``frame`` now without blocking; False if nothing could be sent.
+
+        A part left unsent is kept for :meth:`_flush`.
+        """
         data = b"%x\r\n%b\r\n" % (len(frame), frame) if self._chunked else frame
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
             return False
         except OSError:
-            self._stream.writer = None
+            self._stream.direct = False
             self._stream.end("disconnected")
             return False
         if sent < len(data):
@@ -248,8 +256,8 @@ class EventStream(Iterator[bytes]):
             self._watcher.close()
             self._watcher = None
         self._stream.end()
-        self._stream.abort = None
-        self._stream.writer = None
+        self._stream.direct = False
+        self._stream.response = None
         on_close, self._on_close = self._on_close, None
         if on_close is not None:
             on_close()

@@ -102,9 +102,7 @@ def subscribe_response(
         return stream, b"".join(frames)
 
     sender = current_app._get_current_object()  # type: ignore[attr-defined]
-    return respond(
-        protocol.open_stream(st, environ, sender, "channel", attach, st.broker.unsubscribe)
-    )
+    return respond(protocol.open_stream(st, environ, sender, "channel", attach, "unsubscribe"))
 
 
 def channel_names(name: str | None) -> list[str]:

@@ -57,7 +57,7 @@ class Served:
     def wait_writer(self) -> None:
         """Until the response has sent its first frame and waits for the next."""
         with gevent.Timeout(5):
-            while self.stream.writer is None:
+            while not self.stream.direct:
                 gevent.sleep(0.005)
 
     def close(self) -> None:
@@ -89,7 +89,7 @@ def test_a_frame_for_an_idle_stream_is_sent_by_the_greenlet_that_puts_it(served:
 def test_a_write_cut_short_is_finished_before_later_frames(served: Served) -> None:
     big = b"data: " + b"z" * (8 << 20) + b"\n\n"  # more than both ends' buffers hold
     assert served.stream.put(big)
-    assert served.stream.writer is not None and served.stream.pending() == 0
+    assert served.stream.direct and served.stream.pending() == 0
     # Queued behind the rest of `big`, which the response's greenlet sends.
     assert served.stream.put(b"after\n\n")
     assert served.stream.pending() == 1

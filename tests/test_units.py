@@ -144,8 +144,16 @@ def test_stream_joins_waiting_frames_and_ends_after_them() -> None:
 
 def test_stream_overflow_drops_the_backlog() -> None:
     aborted = []
+
+    class Response:
+        def write_now(self, frame: bytes) -> bool:
+            raise AssertionError("not direct")
+
+        def abort(self) -> None:
+            aborted.append(True)
+
     stream = Stream(2)
-    stream.abort = lambda: aborted.append(True)
+    stream.response = Response()
     assert stream.put(b"1") and stream.put(b"2")
     assert not stream.put(b"3")
     assert stream.end_reason == "overflow" and aborted == [True]
