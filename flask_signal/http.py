@@ -652,14 +652,21 @@ class Connection:
 
     # -- receiving ----------------------------------------------------------
 
-    def fill(self) -> int:
+    def fill(self, idle: bool = False) -> int:
         """Receive once and parse what came; 0 when the client closed.
 
         A parse error is kept in ``self.error``: requests parsed before it are
-        still served, then it is answered.
+        still served, then it is answered. ``idle``: the client was just
+        answered, so its next request is most likely not there yet.
         """
+        sock = self.sock
         try:
-            n: int = self.sock.recv_into(_BUFFER)
+            if idle and self.raw is not None:
+                # Wait for it rather than try a recv that would fail first:
+                # that is a syscall and an exception per request saved.
+                # (Plain sockets only: TLS may hold decrypted bytes already.)
+                sock._wait(sock._read_event)
+            n: int = sock.recv_into(_BUFFER)
         except ConnectionError:
             return 0
         if not n:
@@ -719,7 +726,7 @@ class Connection:
                 # Keep-alive expiry is the server's sweep, not a timer per wait;
                 # a request head gets the same time in all, however it trickles in.
                 self.waiting = self.head_since if self.in_head else monotonic()
-                received = self.fill()
+                received = self.fill(served and not self.in_head)
                 self.waiting = 0.0
                 if not received:
                     break
