@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -39,6 +40,23 @@ def test_swarm_event_is_compact_json() -> None:
     assert framing.swarm_event("signal", {"a": [1, "é"], "b": None}) == (
         'event: signal\ndata: {"a":[1,"é"],"b":null}\n\n'.encode()
     )
+
+
+@pytest.mark.parametrize(
+    "value",
+    ['s\u2028"', 0, -1.5, 1e300, True, None, [], {}, {"k": [1, {"n": None}], "é": "\x00"}],
+)
+def test_to_json_is_compact_json(value: object) -> None:
+    assert framing.to_json(value) == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_to_json_errors_are_those_of_json() -> None:
+    circular: list[object] = []
+    circular.append(circular)
+    with pytest.raises(ValueError, match="Circular reference"):
+        framing.to_json(circular)
+    with pytest.raises(TypeError, match="not JSON serializable"):
+        framing.to_json({"x": object()})
 
 
 @pytest.mark.parametrize(
