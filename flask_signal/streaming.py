@@ -21,7 +21,8 @@ chunk as it comes and its framing can be read off its response object —
 gunicorn's gevent worker and :mod:`flask_signal.worker` over plain
 HTTP/1.x — and never on TLS sockets; everywhere else frames go through
 the server as usual. A client that cannot take a frame whole gets the rest
-from its own greenlet, before anything queued after it.
+from its own greenlet, before anything queued after it. (The server does
+not see these writes: its access log counts a stream's bytes without them.)
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ class EventStream(Iterator[bytes]):
         # closure alone is some 300 bytes per stream).
         environ.pop(START_RESPONSE, None)
         environ.pop("wsgi.early_hints", None)
-        if found is not None:
+        if found is not None and stream.response is self:
             self._sock, self._chunked = found
             stream.direct = True
 
