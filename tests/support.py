@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,8 +179,12 @@ def start_server(
     worker_class: str | None = None,
     port: int | None = None,
     extra_env: dict[str, str] | None = None,
+    extra_args: Sequence[str] = (),
 ) -> Server:
-    """Start tests.apps:create_app under gunicorn (or gevent's WSGIServer) and wait for it."""
+    """Start tests.apps:create_app under gunicorn (or gevent's WSGIServer) and wait for it.
+
+    ``extra_args`` go to gunicorn's command line.
+    """
     settings = {**OPTIONS, **(settings or {})}
     port = port or free_port()
     env = {**os.environ, "SIGNAL_TEST_SETTINGS": json.dumps(settings), **(extra_env or {})}
@@ -202,6 +206,7 @@ def start_server(
             "2",
             "--log-level",
             "warning",
+            *extra_args,
             "tests.apps:create_app()",
         ]
     else:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
+import ssl
+import subprocess
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import gevent
 import gevent.socket
 import pytest
+import requests
+import urllib3
 from gevent.server import StreamServer
 
 from flask_signal.http import HTTPServer
@@ -21,6 +27,7 @@ from flask_signal.streaming import (
     capture_start_response,
     direct_socket,
 )
+from tests.support import start_server
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -120,3 +127,40 @@ def test_no_direct_socket_for_unknown_servers() -> None:
         sock = gevent.socket.socket()
 
     assert direct_socket({START_RESPONSE: Response().__init__}) is None
+
+
+def test_streams_over_tls_are_written_through_the_tls_socket(tmp_path: Path) -> None:
+    """Direct writes never bypass TLS: frames reach a TLS client intact."""
+    urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    srv = start_server(tmp_path, extra_args=["--certfile", str(cert), "--keyfile", str(key)])
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+        with context.wrap_socket(raw, server_hostname="localhost") as client:
+            client.sendall(b"GET /signal HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            received = b""
+            while b"\n\n" not in received.partition(b"event: connect\n")[2]:
+                received += client.recv(65536)
+            data_line = received.partition(b"event: connect\ndata: ")[2].partition(b"\n")[0]
+            connect = json.loads(data_line)
+            for n in range(3):  # each finds the stream idle, as direct writes would want
+                answer = requests.post(
+                    f"https://127.0.0.1:{srv.port}/signal/{connect['id']}",
+                    json={"token": connect["token"], "data": {"n": n}},
+                    verify=False,
+                    timeout=5,
+                )
+                assert answer.status_code == 200, answer.text
+                frame = b'event: signal\ndata: {"n":%d}\n\n' % n
+                while frame not in received:
+                    received += client.recv(65536)
+    finally:
+        srv.stop()
