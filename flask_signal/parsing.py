@@ -229,11 +229,31 @@ def is_json(content_type: str | None) -> bool:
     )
 
 
+_decoder = json.JSONDecoder()
+_JSON_SPACE = " \t\n\r"
+
+
+def loads(body: bytes) -> Any:
+    """``json.loads`` for a request body, shorter for the common case.
+
+    A UTF-8 body that opens with an object (no BOM, not UTF-16/32, which
+    put a NUL beside the brace) skips the encoding sniffing and the two
+    whitespace regexes of ``json.loads``; anything else goes to it.
+    """
+    if body[:1] == b"{" and body[1:2] != b"\0":
+        text = body.decode("utf-8", "surrogatepass")
+        value, end = _decoder.raw_decode(text)
+        if end != len(text) and text[end:].strip(_JSON_SPACE):
+            raise json.JSONDecodeError("Extra data", text, end)
+        return value
+    return json.loads(body)
+
+
 def parse_body(content_type: str | None, body: bytes) -> Mapping[str, Any]:
     """Parse a JSON or urlencoded-form body into a mapping (415 / 400 on failure)."""
     if is_json(content_type):
         try:
-            value = json.loads(body)
+            value = loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):

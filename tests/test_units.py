@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from flask_signal.parsing import (
     TooLarge,
     UnsupportedMediaType,
     accepts_event_stream,
+    loads,
     parse_body,
     parse_form,
     parse_size,
@@ -40,6 +42,36 @@ def test_swarm_event_is_compact_json() -> None:
     assert framing.swarm_event("signal", {"a": [1, "é"], "b": None}) == (
         'event: signal\ndata: {"a":[1,"é"],"b":null}\n\n'.encode()
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a":1}',
+        b'{"a":1} \t\r\n',
+        b'{"a":1} x',
+        b'{"a":1}{}',
+        b'{"a":1}\x0b',
+        b'{"a":1}\xc2\xa0',
+        b"{",
+        b'{"\xff":1}',
+        b'{"a":"\\ud800"}',
+        '{"é":"\u2028"}'.encode(),
+        b'\xef\xbb\xbf{"a":1}',
+        '{"a":1}'.encode("utf-16-le"),
+        '{"a":1}'.encode("utf-32-le"),
+        b' {"a":1}',
+        b"[1]",
+    ],
+)
+def test_loads_is_json_loads(body: bytes) -> None:
+    def outcome(load: Any) -> object:
+        try:
+            return load(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return type(exc)
+
+    assert outcome(loads) == outcome(json.loads)
 
 
 @pytest.mark.parametrize(
