@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "publish_auth": None,
     "lost_event": "missed",
     "fast_path": False,
+    "direct_writes": True,
 }
 
 BASE_HEADERS = {
@@ -75,6 +76,7 @@ class Settings:
     publish_auth: PublishAuth | None
     lost_event: str
     fast_path: bool
+    direct_writes: bool
 
     @classmethod
     def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
@@ -97,6 +99,9 @@ class Settings:
         for name in ("queue_size", "history_size", "max_clients", "channel_max_clients"):
             if not isinstance(values[name], int) or values[name] < 0:
                 raise ValueError(f"SIGNAL_{name.upper()} must be a non-negative int")
+        for name in ("fast_path", "direct_writes"):
+            if not isinstance(values[name], bool):
+                raise ValueError(f"SIGNAL_{name.upper()} must be True or False")
         if values["queue_size"] < 1:
             raise ValueError("SIGNAL_QUEUE_SIZE must be at least 1")
         if float(values["ping_interval"]) < 0:
@@ -294,6 +299,7 @@ class Signal:
             "broker": broker.url.partition("://")[0],  # never the URL: it may hold a password
             "swarms": broker.swarm_count(),
             "streams": broker.hub.count(),
+            "direct": sum(stream.direct for stream in tuple(broker.hub.streams)),
             "peers": len(broker.hub.peers),
             "channels": len(broker.hub.channels),
             "overflows": broker.hub.overflows,

@@ -116,7 +116,9 @@ def open_stream(
     broker.hub.add(stream)
     signals.client_connected.send(sender, stream=stream)
     on_close = _Detach(broker, sender, detach, stream, attached)
-    body = EventStream(stream, on_close=on_close, head=head, environ=environ)
+    body = EventStream(
+        stream, on_close=on_close, head=head, environ=environ, direct=st.settings.direct_writes
+    )
     return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), body)
 
 

@@ -117,6 +117,7 @@ class EventStream(Iterator[bytes]):
     __slots__ = (
         "_chunked",
         "_closed",
+        "_direct",
         "_environ",
         "_gsock",
         "_head",
@@ -135,8 +136,10 @@ class EventStream(Iterator[bytes]):
         on_close: Callable[[], None],
         head: bytes = b"",
         environ: dict[str, Any] | None = None,
+        direct: bool = True,
     ) -> None:
         self._stream = stream
+        self._direct = direct
         self._on_close: Callable[[], None] | None = on_close
         self._head = head
         self._closed = False
@@ -212,7 +215,7 @@ class EventStream(Iterator[bytes]):
         # closure alone is some 300 bytes per stream).
         environ.pop(START_RESPONSE, None)
         environ.pop("wsgi.early_hints", None)
-        if found is not None and stream.response is self:
+        if found is not None and self._direct and stream.response is self:
             self._sock, self._chunked = found
             stream.direct = True
 

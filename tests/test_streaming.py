@@ -7,6 +7,7 @@ import logging
 import socket
 import ssl
 import subprocess
+import time
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -17,8 +18,10 @@ import gevent.socket
 import pytest
 import requests
 import urllib3
+from flask import Flask
 from gevent.server import StreamServer
 
+from flask_signal import Signal
 from flask_signal.http import HTTPServer
 from flask_signal.hub import Stream
 from flask_signal.streaming import (
@@ -27,7 +30,7 @@ from flask_signal.streaming import (
     capture_start_response,
     direct_socket,
 )
-from tests.support import start_server
+from tests.support import Peer, start_server
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -164,3 +167,35 @@ def test_streams_over_tls_are_written_through_the_tls_socket(tmp_path: Path) -> 
                     received += client.recv(65536)
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize(
+    ("settings", "server", "direct"),
+    [({}, "gunicorn", 2), ({"direct_writes": False}, "gunicorn", 0), ({}, "pywsgi", 0)],
+)
+def test_which_streams_take_direct_writes(
+    tmp_path: Path, settings: dict[str, Any], server: str, direct: int
+) -> None:
+    """Under gunicorn, unless turned off; never where the server's framing is unknown."""
+    srv = start_server(tmp_path, settings, server=server)
+    initiator = Peer.open(srv.url)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    try:
+        assert initiator.sse.next().event == "join"
+        deadline = time.monotonic() + 3
+        while srv.stats()["direct"] != direct and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.stats()["direct"] == direct
+        for n in range(3):
+            assert peer.post(srv.url, {"n": n}).status_code == 200
+            assert initiator.sse.next().json() == {"n": n}
+            assert peer.sse.next().json() == {"n": n}
+    finally:
+        peer.close()
+        initiator.close()
+        srv.stop()
+
+
+def test_direct_writes_setting_is_a_bool() -> None:
+    with pytest.raises(ValueError, match="SIGNAL_DIRECT_WRITES"):
+        Signal(Flask(__name__), direct_writes="no")
