@@ -8,7 +8,6 @@ streams are the peers and channel subscribers of this process. Brokers (see
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -19,8 +18,6 @@ from .framing import PING
 
 #: What :meth:`Stream.get` returns once the stream has ended.
 ENDED = b""
-
-_serial = itertools.count(1)
 
 
 class Response(Protocol):
@@ -56,7 +53,6 @@ class Stream:
         "last_seq",
         "maxsize",
         "response",
-        "serial",
         "swarm_id",
     )
 
@@ -64,7 +60,6 @@ class Stream:
         self.maxsize = maxsize
         self._frames: list[bytes] | None = None
         self._waiter: Waiter[Any] | None = None
-        self.serial = next(_serial)
         self.kind = kind
         self.ended = False
         self.end_reason: str | None = None
@@ -84,7 +79,8 @@ class Stream:
 
     def __repr__(self) -> str:
         state = f"ended:{self.end_reason}" if self.ended else "open"
-        return f"<Stream #{self.serial} {self.kind} {state}>"
+        who = self.cid or ",".join(self.channels) or hex(id(self))
+        return f"<Stream {self.kind} {who} {state}>"
 
     def put(self, frame: bytes) -> bool:
         """Queue a frame; ``False`` if the stream has ended or just overflowed."""

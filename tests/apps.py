@@ -27,7 +27,7 @@ def create_app() -> Flask:
         def record(sender: Flask, **kwargs: Any) -> None:
             stream = kwargs.pop("stream", None)
             if stream is not None:
-                kwargs["stream"] = {"kind": stream.kind, "serial": stream.serial}
+                kwargs["stream"] = {"kind": stream.kind, "cid": stream.cid}
             fired.append({"signal": name, **kwargs})
 
         return record
