@@ -178,9 +178,12 @@ def test_which_streams_take_direct_writes(
 ) -> None:
     """Under gunicorn, unless turned off; never where the server's framing is unknown."""
     srv = start_server(tmp_path, settings, server=server)
-    initiator = Peer.open(srv.url)
-    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    peers: list[Peer] = []
     try:
+        initiator = Peer.open(srv.url)
+        peers.append(initiator)
+        peer = Peer.open(f"{srv.url}/{initiator.id}")
+        peers.append(peer)
         assert initiator.sse.next().event == "join"
         deadline = time.monotonic() + 3
         while srv.stats()["direct"] != direct and time.monotonic() < deadline:
@@ -191,8 +194,8 @@ def test_which_streams_take_direct_writes(
             assert initiator.sse.next().json() == {"n": n}
             assert peer.sse.next().json() == {"n": n}
     finally:
-        peer.close()
-        initiator.close()
+        for each in peers:
+            each.close()
         srv.stop()
 
 
