@@ -212,11 +212,12 @@ class Signal:
                 expose_headers=["Retry-After"],
             )
         app.register_blueprint(blueprint)
-        app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign]
         if settings.fast_path:
             from .fastpath import FastPath
 
             app.wsgi_app = FastPath(app, app.wsgi_app, app.extensions["signal_state"])  # type: ignore[method-assign]
+        # Outermost of the two, so that every stream, fast path or not, finds it.
+        app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign]
         self._apps.append(app)
         for rule, options, view in self._streams:
             self._add_stream_route(app, rule, options, view)

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from . import protocol
-from .streaming import START_RESPONSE
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -65,7 +64,6 @@ class FastPath:
             and (not self.cors or self.cors_any or "HTTP_ORIGIN" not in environ)
         ):
             rest = path[len(self.prefix) :]
-            environ[START_RESPONSE] = start_response
             st = self.state
             if not st.started:
                 st.start()
