@@ -126,8 +126,12 @@ def channel(name: str | None = None) -> Response:
     )
 
 
-def authorize_publish(st: AppState, channel: str) -> Response | None:
-    """``None`` if this request may publish to ``channel``, else the refusal."""
+def authorize_publish(st: AppState, channels: Sequence[str]) -> Response | None:
+    """``None`` if this request may publish to every one of ``channels``, else the refusal.
+
+    Every channel is checked: a request names them in its path and in as many
+    ``channel`` parameters as it likes, and publishes to all of them.
+    """
     key, auth = st.settings.publish_key, st.settings.publish_auth
     if key is None and auth is None:
         return error(403, "publishing over HTTP is disabled")
@@ -141,13 +145,15 @@ def authorize_publish(st: AppState, channel: str) -> Response | None:
             )
         if not hmac.compare_digest(secret.encode(), key.encode()):
             return error(403, "invalid publish key")
-    if auth is not None and not auth(request, channel):
-        return error(403, "not allowed to publish to this channel")
+    if auth is not None:
+        for channel in channels:
+            if not auth(request, channel):
+                return error(403, "not allowed to publish to this channel")
     return None
 
 
 def publish(st: AppState, channels: list[str]) -> Response:
-    refusal = authorize_publish(st, channels[0])
+    refusal = authorize_publish(st, channels)
     if refusal is not None:
         return refusal
     environ = request.environ

@@ -226,12 +226,27 @@ def format_event_id(epoch: str, seq: int) -> str:
     return f"{epoch}-{seq}"
 
 
+#: A sequence number has at most this many digits: below 2**53, so exact in
+#: Redis's Lua numbers, and far beyond any count of events a hub reaches.
+SEQ_DIGITS = 15
+
+
+def split_event_id(value: str) -> tuple[str, int] | None:
+    """``(epoch, seq)`` of an id in the hub's form, else ``None`` (an application's id).
+
+    Only ASCII digits count (``"²".isdigit()`` is true), and at most
+    :data:`SEQ_DIGITS` of them, so nothing malformed reaches ``int`` or a script.
+    """
+    head, sep, tail = value.rpartition("-")
+    if sep and 0 < len(tail) <= SEQ_DIGITS and tail.isascii() and tail.isdigit():
+        return head, int(tail)
+    return None
+
+
 def parse_event_id(epoch: str, value: str) -> int | None:
     """The sequence number of a hub-assigned id of ``epoch``, else ``None``."""
-    head, sep, tail = value.rpartition("-")
-    if sep and head == epoch and tail.isdigit():
-        return int(tail)
-    return None
+    parts = split_event_id(value)
+    return parts[1] if parts is not None and parts[0] == epoch else None
 
 
 def new_epoch() -> str:

@@ -101,6 +101,7 @@ from . import (
     format_event_id,
     new_epoch,
     new_id,
+    split_event_id,
     token_digest,
 )
 
@@ -1033,9 +1034,8 @@ class RedisBroker(Broker):
         for name in names:
             key = self._channel_key(name)
             keys += [key, key + b":meta"]
-        head, sep, tail = last_event_id.rpartition("-")
-        if not (sep and tail.isdigit()):
-            head = tail = ""
+        parts = split_event_id(last_event_id)
+        head, tail = (parts[0], str(parts[1])) if parts is not None else ("", "")
         with _unavailable():
             reply = self._replay(keys=keys, args=[last_event_id, head, tail])
         current, lost, after, flat = int(reply[1]), bool(reply[2]), int(reply[3]), reply[4:]
