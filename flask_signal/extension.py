@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
-from flask import Flask, Request, Response, current_app, has_app_context
+from flask import Flask, Request, Response, current_app, has_app_context, url_for
 from werkzeug.exceptions import HTTPException
 
 from . import framing, views
@@ -288,6 +288,10 @@ class Signal:
         graceful shutdown would otherwise wait its whole timeout for them.
         """
         self.broker.close()
+
+    def client_url(self, *, _external: bool = False) -> str:
+        """The versioned URL of the browser client (``{prefix}/client.js?v=...``), long cached."""
+        return url_for("signal.client", v=views.client_asset("client.js")[1], _external=_external)
 
     def connection_count(self, channel: str | None = None) -> int:
         """Open streams in this process, all or on one channel."""

@@ -8,9 +8,12 @@ broker, and how a stream is written in :mod:`flask_signal.streaming`.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 from collections.abc import Callable, Sequence
+from functools import cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, current_app, request
@@ -175,6 +178,43 @@ def publish(st: AppState, channels: list[str]) -> Response:
     return Response(framing.to_json({"ok": True, "id": published}), mimetype="application/json")
 
 
+# -- the browser client ----------------------------------------------------------------
+
+STATIC = Path(__file__).parent / "static"
+ASSETS = {
+    "client.js": ("signal.js", "text/javascript"),
+    "client.d.ts": ("signal.d.ts", "text/plain"),
+}
+
+
+@cache
+def client_asset(name: str) -> tuple[bytes, str]:
+    """A client file's bytes and version (a digest of the bytes, so every change gets a URL)."""
+    body = (STATIC / ASSETS[name][0]).read_bytes()
+    return body, hashlib.sha256(body).hexdigest()[:16]
+
+
+def client_file(name: str) -> Response:
+    """The JS client or its types; cached for a year at the versioned URL (``?v=...``)."""
+    body, version = client_asset(name)
+    response = Response(body, mimetype=ASSETS[name][1])
+    if request.args.get("v") == version:
+        response.headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    else:
+        response.headers["Cache-Control"] = "no-cache"
+    response.set_etag(version)
+    response.make_conditional(request)
+    return response
+
+
+def client_js() -> Response:
+    return client_file("client.js")
+
+
+def client_types() -> Response:
+    return client_file("client.d.ts")
+
+
 # -- blueprint -------------------------------------------------------------------------
 
 
@@ -183,6 +223,8 @@ def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
     bp = Blueprint("signal", __name__)
     for path in dict.fromkeys([prefix or "/", prefix + "/"]):
         bp.add_url_rule(path, "create", create_swarm, methods=ALL_METHODS, **NO_OPTIONS)
+    bp.add_url_rule(f"{prefix}/client.js", "client", client_js, **NO_OPTIONS)
+    bp.add_url_rule(f"{prefix}/client.d.ts", "client_types", client_types, **NO_OPTIONS)
     bp.add_url_rule(f"{prefix}/channels", "channels", channel, methods=ALL_METHODS, **NO_OPTIONS)
     bp.add_url_rule(
         f"{prefix}/channels/<name>", "channel", channel, methods=ALL_METHODS, **NO_OPTIONS
