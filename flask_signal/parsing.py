@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import IO, Any
 from urllib.parse import unquote_plus
 
+from .errors import BadRequest as BadRequest  # re-exported: raised by these parsers
+
 #: qs's defaults: the forms the original's clients send never come close.
 FORM_MAX_DEPTH = 5
 FORM_MAX_PARAMS = 1000
@@ -22,18 +24,6 @@ FORM_ARRAY_LIMIT = 20
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 _MEDIA = re.compile(r"^\s*([^/;\s]+)/([^;\s]+)\s*(?:;\s*q\s*=\s*([0-9.]+))?", re.IGNORECASE)
-
-
-class BadRequest(Exception):
-    """A request the hub refuses; ``status`` is the HTTP status to answer."""
-
-    status = 400
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if status is not None:
-            self.status = status
 
 
 class TooLarge(BadRequest):

@@ -23,13 +23,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
 from ..hub import LocalHub, Stream
-
-
-class BrokerUnavailable(Exception):
-    """The broker's backing service cannot be reached; answer 503 and let clients retry."""
-
-    retry_after = 5
 
 
 class Delivery(Enum):

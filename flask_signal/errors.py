@@ -1,0 +1,82 @@
+"""The project's exceptions, and the one map from them to HTTP answers.
+
+Every exception the hub raises on purpose derives from :class:`FlaskSignalError`.
+What a client is answered for each of them is decided by :func:`answer_for`
+alone, whichever way the request was served: the blueprint's error handler,
+the fast path and declared stream routes all call it, so a refusal looks the
+same everywhere (a JSON ``{"error": ...}`` body with its status).
+
+This module is pure (no Flask, no I/O), so every layer may raise these.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+from . import framing
+
+log = logging.getLogger("flask_signal")
+
+JSON = [("Content-Type", "application/json")]
+
+
+class Answer(NamedTuple):
+    """An HTTP answer as WSGI writes it: status, header list, body chunks."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: Iterable[bytes]
+
+
+def error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Answer:
+    """The protocol's error answer: ``{"error": message}`` with ``status``."""
+    return Answer(status, [*JSON, *headers], (framing.to_json({"error": message}).encode(),))
+
+
+class FlaskSignalError(Exception):
+    """Base of every exception flask_signal raises on purpose."""
+
+
+class BadRequest(FlaskSignalError):
+    """A request the hub refuses; ``status`` is the HTTP status to answer."""
+
+    status = 400
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+
+class Refusal(FlaskSignalError):
+    """A request refused before its stream opened; carries the whole answer."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__(answer.status)
+        self.answer = answer
+
+
+class BrokerUnavailable(FlaskSignalError):
+    """The broker's backing service cannot be reached; clients should retry later.
+
+    The answer's ``Retry-After`` is the app's ``SIGNAL_RETRY_AFTER``.
+    """
+
+
+def answer_for(exc: FlaskSignalError, *, retry_after: int) -> Answer:
+    """The answer to a request that raised ``exc``."""
+    if isinstance(exc, Refusal):
+        return exc.answer
+    if isinstance(exc, BadRequest):
+        return error(exc.status, exc.message)
+    if isinstance(exc, BrokerUnavailable):
+        log.warning("broker unavailable: %s", exc)
+        return error(
+            503,
+            "signalling backend unavailable, retry later",
+            [("Retry-After", str(retry_after))],
+        )
+    return error(500, "internal error")
