@@ -1,0 +1,89 @@
+"""What the extension keeps per application, and its one lazy start.
+
+:class:`AppState` is made by ``init_app`` and found in
+``app.extensions["signal_state"]``; everything that serves a request (the
+blueprint, the fast path, declared routes) reaches it through
+:func:`app_state` or :meth:`AppState.ready`, which start the broker on first
+use: in the serving process, after any fork.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+
+from .brokers import Broker, from_url
+from .hub import LocalHub, keep_alive
+from .settings import Settings
+
+#: Where ``init_app`` leaves the state in ``app.extensions``.
+EXTENSION_KEY = "signal_state"
+
+BASE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+#: URL schemes of the Redis broker, the only one that takes ``SIGNAL_REDIS_PREFIX``.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def make_broker(settings: Settings, sender: Any) -> Broker:
+    """The broker ``settings`` name, not started."""
+    options = dict(settings.broker_options)
+    scheme = settings.broker_url.partition("://")[0].lower()
+    if scheme in REDIS_SCHEMES:
+        options.setdefault("prefix", settings.redis_prefix)
+    return from_url(
+        settings.broker_url,
+        hub=LocalHub(),
+        sender=sender,
+        history_size=settings.history_size,
+        **options,
+    )
+
+
+@dataclass
+class AppState:
+    """The settings and broker of one app."""
+
+    settings: Settings
+    broker: Broker
+    started: bool = False
+    _stream_headers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+
+    def ready(self) -> AppState:
+        """This state, its broker started (once)."""
+        if not self.started:
+            self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the broker in the serving process: after any fork, since a
+        gunicorn master must not own listeners that its workers inherit."""
+        self.started = True
+        self.broker.start()
+        if self.settings.ping_interval > 0:
+            gevent.spawn(keep_alive, self.broker.hub, self.settings.ping_interval)
+
+    def stream_headers(self, protocol: str) -> list[tuple[str, str]]:
+        """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it."""
+        cached = self._stream_headers.get(protocol)
+        if cached is None:
+            headers = {**BASE_HEADERS, **self.settings.headers}
+            if protocol in ("HTTP/1.1", "HTTP/1.0"):
+                headers.setdefault("Connection", "keep-alive")
+            cached = self._stream_headers[protocol] = list(headers.items())
+        return cached
+
+
+def app_state(app: Any) -> AppState:
+    """The started state of a Flask ``app``; RuntimeError if the extension is not on it."""
+    try:
+        st: AppState = app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError("flask_signal is not initialized on this app: call init_app") from None
+    return st.ready()
