@@ -1,152 +1,28 @@
-"""The Flask extension: settings, per-app state, and the application-facing API."""
+"""The Flask extension: :class:`Signal`, the application-facing API.
+
+Settings are declared in :mod:`flask_signal.settings`, the per-app state
+lives in :mod:`flask_signal.state`, the routes in :mod:`flask_signal.views`.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import gevent
-from flask import Flask, Request, Response, current_app, has_app_context, url_for
+from flask import Flask, Response, current_app, has_app_context, url_for
 from werkzeug.exceptions import HTTPException
 
 from . import framing, views
-from .brokers import Broker, Delivery, from_url
-from .hub import LocalHub, keep_alive
-from .parsing import parse_size
-from .protocol import Refusal
+from .brokers import Broker, Delivery
+from .errors import FlaskSignalError
+from .settings import DEFAULTS as DEFAULTS  # re-exported: flask_signal.DEFAULTS
+from .settings import Settings as Settings
+from .state import EXTENSION_KEY, AppState, app_state, make_broker
 from .streaming import capture_start_response
 
 log = logging.getLogger("flask_signal")
-
-#: The settings, their ``SIGNAL_*`` config keys (upper-cased names) and defaults.
-DEFAULTS: dict[str, Any] = {
-    "limit": "10kb",
-    "url_prefix": "/signal",
-    "broker_url": "memory://",
-    "broker_options": {},
-    "redis_prefix": "signal:",
-    "ping_interval": 15.0,
-    "cors": None,
-    "create_status": 200,
-    "queue_size": 1000,
-    "history_size": 500,
-    "max_clients": 0,
-    "channel_max_clients": 0,
-    "retry_after": 5,
-    "retry": None,
-    "headers": {},
-    "publish_key": None,
-    "publish_auth": None,
-    "lost_event": "missed",
-    "fast_path": False,
-    "direct_writes": True,
-}
-
-BASE_HEADERS = {
-    "Content-Type": "text/event-stream; charset=utf-8",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
-
-PublishAuth = Callable[[Request, str], bool]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Settings of one app: constructor arguments over ``SIGNAL_*`` config over defaults."""
-
-    limit: int
-    url_prefix: str
-    broker_url: str
-    broker_options: Mapping[str, Any]
-    redis_prefix: str
-    ping_interval: float
-    cors: Any
-    create_status: int
-    queue_size: int
-    history_size: int
-    max_clients: int
-    channel_max_clients: int
-    retry_after: int
-    retry: int | None
-    headers: Mapping[str, str]
-    publish_key: str | None
-    publish_auth: PublishAuth | None
-    lost_event: str
-    fast_path: bool
-    direct_writes: bool
-
-    @classmethod
-    def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
-        values = {
-            name: overrides[name]
-            if overrides.get(name) is not None
-            else config.get(f"SIGNAL_{name.upper()}", default)
-            for name, default in DEFAULTS.items()
-        }
-        try:
-            values["limit"] = parse_size(values["limit"])
-        except ValueError as exc:
-            raise ValueError(f"SIGNAL_LIMIT: {exc}") from exc
-        prefix = str(values["url_prefix"]).rstrip("/")
-        if prefix and not prefix.startswith("/"):
-            raise ValueError(f"SIGNAL_URL_PREFIX must be empty or start with '/': {prefix!r}")
-        values["url_prefix"] = prefix
-        if values["create_status"] not in (200, 201):
-            raise ValueError("SIGNAL_CREATE_STATUS must be 200 or 201")
-        for name in ("queue_size", "history_size", "max_clients", "channel_max_clients"):
-            if not isinstance(values[name], int) or values[name] < 0:
-                raise ValueError(f"SIGNAL_{name.upper()} must be a non-negative int")
-        for name in ("fast_path", "direct_writes"):
-            if not isinstance(values[name], bool):
-                raise ValueError(f"SIGNAL_{name.upper()} must be True or False")
-        if values["queue_size"] < 1:
-            raise ValueError("SIGNAL_QUEUE_SIZE must be at least 1")
-        if float(values["ping_interval"]) < 0:
-            raise ValueError("SIGNAL_PING_INTERVAL must be >= 0 (0 turns pings off)")
-        values["ping_interval"] = float(values["ping_interval"])
-        framing.check_field("event", values["lost_event"])
-        return cls(**values)
-
-
-@dataclass
-class AppState:
-    """What the extension keeps per application."""
-
-    settings: Settings
-    broker: Broker
-    started: bool = False
-    _stream_headers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
-
-    def start(self) -> None:
-        """Start the broker in the serving process: after any fork, since a
-        gunicorn master must not own listeners that its workers inherit."""
-        self.started = True
-        self.broker.start()
-        if self.settings.ping_interval > 0:
-            gevent.spawn(keep_alive, self.broker.hub, self.settings.ping_interval)
-
-    def stream_headers(self, protocol: str) -> list[tuple[str, str]]:
-        """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it."""
-        cached = self._stream_headers.get(protocol)
-        if cached is None:
-            headers = {**BASE_HEADERS, **self.settings.headers}
-            if protocol in ("HTTP/1.1", "HTTP/1.0"):
-                headers.setdefault("Connection", "keep-alive")
-            cached = self._stream_headers[protocol] = list(headers.items())
-        return cached
-
-
-def app_state(app: Flask) -> AppState:
-    try:
-        st: AppState = app.extensions["signal_state"]
-    except KeyError:
-        raise RuntimeError("flask_signal is not initialized on this app: call init_app") from None
-    if not st.started:
-        st.start()
-    return st
 
 
 @dataclass(frozen=True)
@@ -187,18 +63,9 @@ class Signal:
 
     def init_app(self, app: Flask) -> None:
         settings = Settings.resolve(app.config, self._overrides)
-        options = dict(settings.broker_options)
-        if not settings.broker_url.startswith("memory:"):
-            options.setdefault("prefix", settings.redis_prefix)
-        broker = from_url(
-            settings.broker_url,
-            hub=LocalHub(),
-            sender=app,
-            history_size=settings.history_size,
-            **options,
-        )
+        st = AppState(settings, make_broker(settings, app))
         app.extensions["signal"] = self
-        app.extensions["signal_state"] = AppState(settings, broker)
+        app.extensions[EXTENSION_KEY] = st
         blueprint = views.make_blueprint(settings.url_prefix, cors=bool(settings.cors))
         if settings.cors:
             from flask_cors import CORS
@@ -215,7 +82,7 @@ class Signal:
         if settings.fast_path:
             from .fastpath import FastPath
 
-            app.wsgi_app = FastPath(app, app.wsgi_app, app.extensions["signal_state"])  # type: ignore[method-assign]
+            app.wsgi_app = FastPath(app, app.wsgi_app, st)  # type: ignore[method-assign]
         # Outermost of the two, so that every stream, fast path or not, finds it.
         app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign]
         self._apps.append(app)
@@ -345,6 +212,8 @@ class Signal:
     def _add_stream_route(
         self, app: Flask, rule: str, options: dict[str, Any], view: Callable[..., Any]
     ) -> None:
+        # Every app gets the same options: never consume the declaration's.
+        options = dict(options)
         endpoint = options.pop("endpoint", None) or f"signal_stream.{view.__name__}"
 
         def stream_view(**kwargs: Any) -> Any:
@@ -364,8 +233,9 @@ class Signal:
             initial = sub.initial_frame if sub.initial is not None else None
             try:
                 return views.subscribe_response(st, sub.channels, initial)
-            except Refusal as exc:
-                return views.respond(exc.answer)
+            except FlaskSignalError as exc:
+                # Not under the blueprint, so its error handler does not apply.
+                return views.answer_error(exc)
 
         stream_view.__name__ = view.__name__
         app.add_url_rule(rule, endpoint, stream_view, methods=["GET"], **options)

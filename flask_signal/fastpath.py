@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from . import protocol
+from . import protocol, views
+from .errors import Answer
+from .state import AppState
 
 if TYPE_CHECKING:
     from flask import Flask
-
-    from .extension import AppState
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 _REASONS = {
@@ -54,6 +54,9 @@ class FastPath:
         # headers; only a wildcard can be added here without its logic.
         self.cors_any = state.settings.cors in (True, "*")
         self.cors = bool(state.settings.cors)
+        # Fixed routes such as /channels are the blueprint's: their static
+        # rules outrank /<id> there, so they must here too.
+        self.reserved = views.reserved()
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         method = environ["REQUEST_METHOD"]
@@ -64,18 +67,15 @@ class FastPath:
             and (not self.cors or self.cors_any or "HTTP_ORIGIN" not in environ)
         ):
             rest = path[len(self.prefix) :]
-            st = self.state
-            if not st.started:
-                st.start()
+            st = self.state.ready()
             if rest in ("", "/") and (self.prefix or rest):
                 return self._send(protocol.base(st, environ, self.app), start_response)
-            # /channels is the blueprint's, as its static rule outranks /<id> there.
-            if rest[:1] == "/" and protocol.ID.fullmatch(rest, 1) and rest != "/channels":
+            if rest[:1] == "/" and protocol.ID.fullmatch(rest, 1) and rest[1:] not in self.reserved:
                 answer = protocol.swarm(st, environ, self.app, rest[1:])
                 return self._send(answer, start_response)
         return self.wsgi_app(environ, start_response)
 
-    def _send(self, answer: protocol.Answer, start_response: Callable[..., Any]) -> Any:
+    def _send(self, answer: Answer, start_response: Callable[..., Any]) -> Any:
         headers = answer.headers
         body = answer.body
         if isinstance(body, tuple):

@@ -1,6 +1,6 @@
 """The swarm protocol over WSGI: what each request does, without Flask.
 
-The blueprint (:mod:`flask_signal.views`) and the opt-in fast path
+The blueprint (:mod:`flask_signal.views`) and the fast path
 (:mod:`flask_signal.fastpath`) both answer through these functions, so the
 two cannot drift apart. Each takes the WSGI environ and returns an
 :class:`Answer`; refusals are answers too, never exceptions that escape.
@@ -10,61 +10,33 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from . import framing, signals
+from . import signals
 from .brokers import Broker, BrokerUnavailable, Delivery, Membership
+from .errors import JSON, Answer, FlaskSignalError, Refusal, answer_for, error
 from .hub import Stream
 from .parsing import (
-    BadRequest,
     accepts_event_stream,
     content_length,
     optional_str,
     parse_body,
     read_body,
 )
+from .state import AppState
 from .streaming import EventStream, cooperative
-
-if TYPE_CHECKING:
-    from .extension import AppState
 
 log = logging.getLogger("flask_signal")
 
 #: Swarm ids (and cids) as they appear in a path: the protocol's ``[a-z0-9]+``.
 ID = re.compile(r"[a-z0-9]+")
 STREAM_METHODS = ("GET", "HEAD")
-JSON = [("Content-Type", "application/json")]
 OK = (b'{"ok":true}',)
-
-
-class Answer(NamedTuple):
-    status: int
-    headers: list[tuple[str, str]]
-    body: Iterable[bytes]
-
-
-class Refusal(Exception):
-    """A request refused before its stream opened; carries the answer."""
-
-    def __init__(self, answer: Answer) -> None:
-        self.answer = answer
-
-
-def error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Answer:
-    """The protocol's error answer: ``{"error": message}`` with ``status``."""
-    return Answer(status, [*JSON, *headers], (framing.to_json({"error": message}).encode(),))
 
 
 def method_not_allowed(allowed: Sequence[str]) -> Answer:
     return error(405, "method not allowed", [("Allow", ", ".join(allowed))])
-
-
-def unavailable(exc: BrokerUnavailable) -> Answer:
-    log.warning("broker unavailable: %s", exc)
-    return error(
-        503, "signalling backend unavailable, retry later", [("Retry-After", str(exc.retry_after))]
-    )
 
 
 def check_stream_allowed(
@@ -146,17 +118,13 @@ class _Detach:
 
 
 def answer_errors(handler: Callable[..., Answer]) -> Callable[..., Answer]:
-    """Turn the refusals a handler raises into their answers."""
+    """Turn what a handler (called with the app's state first) raises into its answer."""
 
-    def guarded(*args: Any) -> Answer:
+    def guarded(st: AppState, *args: Any) -> Answer:
         try:
-            return handler(*args)
-        except Refusal as exc:
-            return exc.answer
-        except BadRequest as exc:
-            return error(exc.status, exc.message)
-        except BrokerUnavailable as exc:
-            return unavailable(exc)
+            return handler(st, *args)
+        except FlaskSignalError as exc:
+            return answer_for(exc, retry_after=st.settings.retry_after)
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__

@@ -1,9 +1,15 @@
 """The blueprint: the hub's routes under its prefix, as Flask views.
 
 Swarm requests are answered by :mod:`flask_signal.protocol` (shared with the
-opt-in fast path); channel requests, which only exist here, by the views
-below. Views parse, check and answer; what a request does lives in the
-broker, and how a stream is written in :mod:`flask_signal.streaming`.
+fast path); channel requests, which only exist here, by the views below.
+Views parse, check and answer; what a request does lives in the broker, and
+how a stream is written in :mod:`flask_signal.streaming`. Whatever a view
+raises of :mod:`flask_signal.errors` is answered by the blueprint's one
+error handler.
+
+A new route is one view function and one line in :data:`ROUTES`. A route
+whose first path segment is fixed (``/channels``, ``/healthz``) is never
+taken for a swarm id, on this path or the fast path (:func:`reserved`).
 """
 
 from __future__ import annotations
@@ -14,18 +20,15 @@ import re
 from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 from flask import Blueprint, Response, current_app, request
 
-from . import framing, protocol
-from .brokers import BrokerUnavailable
+from . import errors, framing, protocol
+from .errors import Answer, BadRequest, FlaskSignalError, answer_for
 from .hub import Stream
-from .parsing import BadRequest, content_length, optional_str, parse_body, read_body
-from .protocol import Answer, Refusal
-
-if TYPE_CHECKING:
-    from .extension import AppState
+from .parsing import content_length, optional_str, parse_body, read_body
+from .state import AppState, app_state
 
 CHANNEL = re.compile(r"[A-Za-z0-9_.:@~-]{1,200}")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
@@ -33,10 +36,8 @@ NO_OPTIONS: dict[str, Any] = {"provide_automatic_options": False}
 
 
 def state() -> AppState:
-    st: AppState = current_app.extensions["signal_state"]
-    if not st.started:
-        st.start()
-    return st
+    """The current app's state, started."""
+    return app_state(current_app)
 
 
 def respond(answer: Answer) -> Response:
@@ -44,7 +45,12 @@ def respond(answer: Answer) -> Response:
 
 
 def error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) -> Response:
-    return respond(protocol.error(status, message, headers))
+    return respond(errors.error(status, message, headers))
+
+
+def answer_error(exc: FlaskSignalError) -> Response:
+    """The answer to ``exc`` (see :func:`flask_signal.errors.answer_for`)."""
+    return respond(answer_for(exc, retry_after=state().settings.retry_after))
 
 
 # -- swarms ----------------------------------------------------------------------------
@@ -218,21 +224,46 @@ def client_types() -> Response:
 # -- blueprint -------------------------------------------------------------------------
 
 
+class Route(NamedTuple):
+    """One of the hub's routes: ``rule`` is relative to the prefix."""
+
+    rule: str
+    endpoint: str
+    view: Callable[..., Any]
+    #: The hub's own routes take every method and answer 405 themselves.
+    methods: Sequence[str] = ALL_METHODS
+
+
+#: The hub's routes. Werkzeug matches fixed segments before ``<swarm_id>``,
+#: whatever the order here.
+ROUTES = [
+    Route("", "create", create_swarm),
+    Route("/client.js", "client", client_js, ["GET"]),
+    Route("/client.d.ts", "client_types", client_types, ["GET"]),
+    Route("/channels", "channels", channel),
+    Route("/channels/<name>", "channel", channel),
+    Route("/<swarm_id>", "swarm", swarm),
+    Route("/<path:rest>", "not_found", not_found),
+]
+
+
+def reserved() -> frozenset[str]:
+    """First path segments (under the prefix) that are routes of their own, not swarm ids."""
+    return frozenset(
+        route.rule.split("/")[1]
+        for route in ROUTES
+        if route.rule and "<" not in route.rule.split("/")[1]
+    )
+
+
 def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
     """The hub's routes under ``prefix`` (``""`` mounts them at the root)."""
     bp = Blueprint("signal", __name__)
-    for path in dict.fromkeys([prefix or "/", prefix + "/"]):
-        bp.add_url_rule(path, "create", create_swarm, methods=ALL_METHODS, **NO_OPTIONS)
-    bp.add_url_rule(f"{prefix}/client.js", "client", client_js, **NO_OPTIONS)
-    bp.add_url_rule(f"{prefix}/client.d.ts", "client_types", client_types, **NO_OPTIONS)
-    bp.add_url_rule(f"{prefix}/channels", "channels", channel, methods=ALL_METHODS, **NO_OPTIONS)
-    bp.add_url_rule(
-        f"{prefix}/channels/<name>", "channel", channel, methods=ALL_METHODS, **NO_OPTIONS
-    )
-    bp.add_url_rule(f"{prefix}/<swarm_id>", "swarm", swarm, methods=ALL_METHODS, **NO_OPTIONS)
-    bp.add_url_rule(
-        f"{prefix}/<path:rest>", "not_found", not_found, methods=ALL_METHODS, **NO_OPTIONS
-    )
+    for route in ROUTES:
+        # The prefix itself answers with and without its trailing slash.
+        rules = [prefix or "/", prefix + "/"] if not route.rule else [prefix + route.rule]
+        for rule in dict.fromkeys(rules):
+            bp.add_url_rule(rule, route.endpoint, route.view, methods=route.methods, **NO_OPTIONS)
 
     @bp.before_request
     def options() -> Response | None:
@@ -244,16 +275,5 @@ def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
             return Response(b"", 200)
         return respond(protocol.method_not_allowed(["GET", "HEAD", "POST"]))
 
-    @bp.errorhandler(BadRequest)
-    def bad_request(exc: BadRequest) -> Response:
-        return error(exc.status, exc.message)
-
-    @bp.errorhandler(Refusal)
-    def refused(exc: Refusal) -> Response:
-        return respond(exc.answer)
-
-    @bp.errorhandler(BrokerUnavailable)
-    def unavailable(exc: BrokerUnavailable) -> Response:
-        return respond(protocol.unavailable(exc))
-
+    bp.register_error_handler(FlaskSignalError, answer_error)
     return bp
