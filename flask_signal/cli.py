@@ -14,9 +14,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from . import __version__
-from .parsing import parse_size
+from . import __version__, settings
 from .server import WORKER_CLASS, Identity, create_app, serve
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -41,27 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-u", "--uid", metavar="USER", help="drop permissions to this user (name or number)")
     add("-g", "--gid", metavar="GROUP", help="drop permissions to this group (name or number)")
     add("-w", "--workers", type=int, default=1, help="worker processes (1)")
-    add("--prefix", default="", help="URL path the hub is served under ('' = root)")
-    add("--limit", default="10kb", help="largest signal body accepted (10kb)")
-    add(
-        "--cors",
-        default="*",
-        metavar="ORIGINS",
-        help="allowed origins, comma separated; '*' for any (default), '' for no CORS",
-    )
-    add(
-        "--ping",
-        type=float,
-        default=15.0,
-        metavar="SECONDS",
-        help="keep-alive comment interval on idle streams (15; 0 = off)",
-    )
-    add(
-        "--broker",
-        default="memory://",
-        metavar="URL",
-        help="where swarms live: memory:// (one process) or redis://host:port/db",
-    )
+    add_setting_options(parser)
     add(
         "-k",
         "--worker-class",
@@ -73,6 +53,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One option for each setting that declares a command-line form."""
+    for name, option in settings.options():
+        default = settings.option_default(name)
+        shown = "''" if default == "" else default
+        parser.add_argument(
+            *option.flags,
+            dest=name,
+            default=None,
+            metavar=option.metavar or option.flags[-1].lstrip("-").upper(),
+            help=f"{option.help} ({shown})",
+        )
+
+
+def setting_values(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the command line gives, parsed and checked as ``SIGNAL_*`` keys are."""
+    values: dict[str, Any] = {}
+    for name, option in settings.options():
+        given = getattr(args, name)
+        flag = option.flags[-1]
+        try:
+            value = option.parse(given) if given is not None else settings.option_default(name)
+        except ValueError:
+            parser.error(f"{flag}: invalid value {given!r}")
+        try:
+            values[name] = getattr(settings.Settings(**{name: value}), name)
+        except ValueError as exc:
+            # The check's own words, without the config key it is prefixed with.
+            parser.error(f"{flag}: {str(exc).partition(': ')[2]}")
+    return values
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -81,23 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--port must be 0-65535, not {args.port}")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
-    if args.workers > 1 and args.broker.startswith("memory:"):
+    values = setting_values(parser, args)
+    if args.workers > 1 and values["broker_url"].startswith("memory:"):
         parser.error(
             "--workers > 1 needs a shared broker: with memory:// each worker would hold "
             "its own swarms and peers would miss each other; use --broker redis://..."
         )
-    if args.ping < 0:
-        parser.error("--ping must be >= 0")
-    try:
-        parse_size(args.limit)
-    except ValueError as exc:
-        parser.error(f"--limit: {exc}")
-    prefix = args.prefix.rstrip("/")
-    if prefix and not prefix.startswith("/"):
-        prefix = "/" + prefix
-    cors: str | list[str] | None
-    origins = [o.strip() for o in args.cors.split(",") if o.strip()]
-    cors = None if not origins else "*" if origins == ["*"] else origins
     try:
         identity = Identity.resolve(args.uid, args.gid)
         identity.check()
@@ -105,13 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(exc))
 
     try:
-        app = create_app(
-            prefix=prefix,
-            limit=args.limit,
-            cors=cors,
-            ping_interval=args.ping,
-            broker_url=args.broker,
-        )
+        app = create_app(**values)
     except ValueError as exc:
         parser.error(str(exc))
 
@@ -129,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loglevel": args.log_level,
         "proc_name": "flask-signal",
     }
-    serve(app, options, identity=identity, path=prefix)
+    serve(app, options, identity=identity, path=values["url_prefix"])
     return 0
 
 

@@ -27,6 +27,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from .extension import Signal
+from .settings import option_default, options
 
 #: The gunicorn worker class the hub runs on: the project's own, which parses
 #: HTTP with httptools; ``gevent`` (gunicorn's) is fully supported too.
@@ -54,29 +55,21 @@ STREAM_SETTINGS: dict[str, Any] = {
 }
 
 
-def create_app(
-    *,
-    prefix: str = "",
-    limit: str | int = "10kb",
-    cors: str | list[str] | None = "*",
-    ping_interval: float = 15,
-    broker_url: str = "memory://",
-) -> Flask:
-    """A standalone hub: the swarm protocol at ``prefix`` (the root by default), CORS open.
+def create_app(*, prefix: str | None = None, **settings: Any) -> Flask:
+    """A standalone hub with the command's defaults: the swarm protocol at the root, CORS open.
 
-    The fast path is on: this app has no hooks of its own for swarm requests
-    to skip.
+    Keyword arguments are :class:`~flask_signal.Signal` settings (``prefix``
+    is ``url_prefix``). The fast path is on: this app has no hooks of its own
+    for swarm requests to skip.
     """
+    if prefix is not None:
+        settings["url_prefix"] = prefix
+    for name, _ in options():
+        settings.setdefault(name, option_default(name))
+    settings.setdefault("fast_path", True)
     app = Flask("flask_signal.server")
-    Signal(
-        app,
-        fast_path=True,
-        url_prefix=prefix,
-        limit=limit,
-        cors=cors or False,
-        ping_interval=ping_interval,
-        broker_url=broker_url,
-    )
+    # No CORS is False here, not None, which would mean "not given".
+    Signal(app, **{**settings, "cors": settings["cors"] or False})
     return app
 
 
