@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -96,8 +97,11 @@ def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def client_connections(pids: list[int], port: int) -> int:
-    """Connections to ``port`` (accepted clients, not redis or pipes) the processes hold."""
+def client_connections(pids: list[int], port: int, remote: bool = False) -> int:
+    """Connections to ``port`` (accepted clients, not redis or pipes) the processes hold.
+
+    With ``remote``, connections the processes opened to ``port`` elsewhere instead.
+    """
     inodes = set()
     for pid in pids:
         for fd in os.listdir(f"/proc/{pid}/fd"):
@@ -112,7 +116,8 @@ def client_connections(pids: list[int], port: int) -> int:
             for line in f:
                 fields = line.split()
                 # fields: sl local remote state ... inode; state 0A is LISTEN
-                if fields[3] != "0A" and fields[9] in inodes and int(fields[1][-4:], 16) == port:
+                address = fields[2] if remote else fields[1]
+                if fields[3] != "0A" and fields[9] in inodes and int(address[-4:], 16) == port:
                     count += 1
     return count
 
@@ -152,13 +157,15 @@ class Redis:
                 self.proc.wait(5)
 
 
-def start_redis(pin: bool) -> Redis:
+def start_redis(pin: bool | str) -> Redis:
+    """A redis-server of its own on a free port, on core 0 when ``pin`` (or on ``pin``'s cores)."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise RuntimeError("redis-server is not installed")
     port = free_port()
     cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(pinned(cmd, pin), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = ["taskset", "-c", pin, *cmd] if isinstance(pin, str) else pinned(cmd, pin)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, proc, 10)
     except Exception as exc:
@@ -170,18 +177,21 @@ def start_redis(pin: bool) -> Redis:
 
 @dataclass
 class Server:
-    """gunicorn serving the benchmark app on a free port."""
+    """A server under test on a free port: gunicorn and its workers, or one process."""
 
     proc: subprocess.Popen[bytes]
     port: int
     workers: int
     log: Path
     redis: Redis | None = None
+    #: Whether the serving is done by children of ``proc`` (gunicorn's workers)
+    #: rather than by ``proc`` itself (the ceiling, Node).
+    forks: bool = True
     _pids: list[int] = field(default_factory=list)
 
     def worker_pids(self) -> list[int]:
         if not self._pids:
-            self._pids = children(self.proc.pid)
+            self._pids = children(self.proc.pid) if self.forks else [self.proc.pid]
         return self._pids
 
     def server_pids(self) -> list[int]:
@@ -220,6 +230,46 @@ class Server:
             self.log.unlink()
 
 
+def launch(
+    cmd: list[str],
+    *,
+    port: int,
+    workers: int = 1,
+    forks: bool = True,
+    cores: str | None = None,
+    env: dict[str, str] | None = None,
+    redis: Redis | None = None,
+    timeout: float = 20,
+) -> Server:
+    """Start ``cmd`` (listening on ``port``), on ``cores`` when given (taskset's list).
+
+    With ``forks``, also wait until ``workers`` children are forked: those are
+    the processes measured. On failure the process is stopped and the error
+    carries the tail of its output.
+    """
+    if cores is not None:
+        if shutil.which("taskset") is None:
+            raise RuntimeError("pinning needs taskset (util-linux)")
+        cmd = ["taskset", "-c", cores, *cmd]
+    fd, name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
+    log = Path(name)
+    with os.fdopen(fd, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    server = Server(proc, port, workers, log, redis, forks)
+    try:
+        wait_for_port(port, proc, timeout)
+        deadline = time.monotonic() + 10
+        while forks and len(children(proc.pid)) < workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{workers} workers did not start")
+            time.sleep(0.05)
+    except Exception as exc:
+        tail = server.log_tail()
+        server.stop()
+        raise RuntimeError(f"{shlex.join(cmd)} did not start ({exc}):\n{tail}") from None
+    return server
+
+
 def start_server(
     *,
     app: str,
@@ -231,7 +281,7 @@ def start_server(
     worker_connections: int = 20000,
     redis: Redis | None = None,
 ) -> Server:
-    """Start gunicorn, wait until it listens and every worker is forked."""
+    """Start gunicorn serving ``app``; wait until it listens and every worker is forked."""
     port = free_port()
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
@@ -256,22 +306,5 @@ def start_server(
         "warning",
         app,
     ]
-    fd, name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
-    log = Path(name)
-    with os.fdopen(fd, "wb") as out:
-        proc = subprocess.Popen(
-            pinned(cmd, pin), cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-        )
-    server = Server(proc, port, workers, log, redis)
-    try:
-        wait_for_port(port, proc)
-        deadline = time.monotonic() + 10
-        while len(children(proc.pid)) < workers:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{workers} workers did not start")
-            time.sleep(0.05)
-    except Exception as exc:
-        tail = server.log_tail()
-        server.stop()
-        raise RuntimeError(f"gunicorn did not start ({exc}):\n{tail}") from None
-    return server
+    cores = str(SERVER_CORE) if pin else None
+    return launch(cmd, port=port, workers=workers, cores=cores, env=env, redis=redis)

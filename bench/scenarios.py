@@ -188,7 +188,7 @@ def open_swarms(
 ) -> list[list[Peer]]:
     """``streams`` swarm streams in swarms of ``size`` (the last may be smaller)."""
     count = -(-streams // size)
-    initiators = open_many(ctx, [ctx.prefix] * count, on_event)
+    initiators = open_many(ctx, [ctx.prefix or "/"] * count, on_event)
     paths = []
     for i, first in enumerate(initiators):
         members = min(size, streams - i * size) - 1
@@ -331,7 +331,7 @@ def capacity(
 def connects(ctx: Context, n: int = 2000) -> dict[str, Any]:
     """N swarm creations (open, read the connect event), kept open: connects/s and latency."""
     meter = Meter(ctx)
-    peers = open_many(ctx, [ctx.prefix] * n)
+    peers = open_many(ctx, [ctx.prefix or "/"] * n)
     cpu = meter.stop()
     latency = [p.opened_in for p in peers]
     return {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import __main__ as cli
+from bench import suite as cli
 from bench import report, scenarios
 from bench.loop import Loop
 from bench.procs import Server, start_server
