@@ -216,6 +216,17 @@ class Server:
         except OSError:
             return ""
 
+    def kill(self) -> None:
+        """Stop at once, master first (no worker is forked again), once measured."""
+        workers = list(self.worker_pids()) if self.forks else []
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.stop()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

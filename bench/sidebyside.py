@@ -49,41 +49,51 @@ def own_generator(
 
 def run_one(
     target: Target,
-    scenario: str,
-    sizes: dict[str, Any],
+    scenarios_sizes: list[tuple[str, dict[str, Any]]],
     *,
     pin: bool,
     generator: Path | None,
-) -> dict[str, Any]:
-    """One scenario against a fresh server of ``target``."""
-    result: dict[str, Any] = {"scenario": scenario, "target": target.name, "broker": target.name}
+) -> list[dict[str, Any]]:
+    """Scenarios one after another against one fresh server of ``target``."""
+    results: list[dict[str, Any]] = []
+    base: dict[str, Any] = {"target": target.name, "broker": target.name}
     try:
         server = target.start(pin)
     except Unavailable as exc:
-        return {**result, "status": "unavailable", "reason": str(exc)}
+        return [
+            {**base, "scenario": s, "status": "unavailable", "reason": str(exc)}
+            for s, _ in scenarios_sizes
+        ]
     except Exception as exc:
-        return {**result, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+        return [
+            {**base, "scenario": s, "status": "error", "reason": f"{type(exc).__name__}: {exc}"}
+            for s, _ in scenarios_sizes
+        ]
     try:
-        if generator is not None:
-            out = loadgen.run(generator, scenario, server, target.prefix, sizes, pin=pin)
-        else:
-            out = own_generator(scenario, target, server, sizes, pin)
-        result.update(out)
-        result["status"] = "ok"
-        result["workers"] = len(server.worker_pids())
-        result["cpu"].setdefault("generator_bound", False)
-        result["generator_bound"] = result["cpu"]["generator_bound"]
-        return result
-    except Exception as exc:
-        traceback.print_exc()
-        return {
-            **result,
-            "status": "error",
-            "reason": f"{type(exc).__name__}: {exc}",
-            "server_log": server.log_tail(),
-        }
+        for scenario, sizes in scenarios_sizes:
+            result: dict[str, Any] = {**base, "scenario": scenario}
+            try:
+                if generator is not None:
+                    out = loadgen.run(generator, scenario, server, target.prefix, sizes, pin=pin)
+                else:
+                    out = own_generator(scenario, target, server, sizes, pin)
+            except Exception as exc:
+                traceback.print_exc()
+                result.update(
+                    status="error",
+                    reason=f"{type(exc).__name__}: {exc}",
+                    server_log=server.log_tail(),
+                )
+            else:
+                result.update(out)
+                result["status"] = "ok"
+                result["workers"] = len(server.worker_pids())
+                result["cpu"].setdefault("generator_bound", False)
+                result["generator_bound"] = result["cpu"]["generator_bound"]
+            results.append(result)
+        return results
     finally:
-        server.stop()
+        server.kill()
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -106,32 +116,39 @@ def run(
     pin: bool,
     generator: Path | None,
     say: Callable[[str], None],
+    fresh: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every scenario against every target, ``repeat`` times, interleaved; medians."""
+    """Every scenario against every target, ``repeat`` times, interleaved; medians.
+
+    Each scenario gets a fresh server; without ``fresh``, one server per target
+    and repetition runs them all (quicker, for checking the bench itself).
+    """
     runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    skip: dict[str, dict[str, Any]] = {}
+    skip: dict[str, list[dict[str, Any]]] = {}
+    batches = [[s] for s in scenario_names] if fresh else [scenario_names]
     for i in range(repeat):
-        for scenario in scenario_names:
+        for batch in batches:
             for name in target_names:
                 if name in skip:
                     continue
-                say(f"run {i + 1}/{repeat}: {scenario} against {name}")
-                result = run_one(
-                    TARGETS[name], scenario, sizes[scenario], pin=pin, generator=generator
+                say(f"run {i + 1}/{repeat}: {', '.join(batch)} against {name}")
+                results = run_one(
+                    TARGETS[name], [(s, sizes[s]) for s in batch], pin=pin, generator=generator
                 )
-                if result["status"] == "unavailable":
-                    say(f"{name}: unavailable: {result['reason']}")
-                    skip[name] = result
+                if results[0]["status"] == "unavailable":
+                    say(f"{name}: unavailable: {results[0]['reason']}")
+                    skip[name] = [{**results[0], "scenario": s} for s in scenario_names]
                     continue
-                runs.setdefault((name, scenario), []).append(result)
-    results = []
+                for result in results:
+                    runs.setdefault((name, result["scenario"]), []).append(result)
+    merged = []
     for scenario in scenario_names:
         for name in target_names:
             if name in skip:
-                results.append({**skip[name], "scenario": scenario})
+                merged.append({**skip[name][0], "scenario": scenario})
             else:
-                results.append(median_of(runs[name, scenario]))
-    return results
+                merged.append(median_of(runs[name, scenario]))
+    return merged
 
 
 def ratios(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

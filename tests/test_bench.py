@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bench import __main__ as side_by_side_cli
+from bench import loadgen, report, scenarios, sidebyside
 from bench import suite as cli
-from bench import report, scenarios
 from bench.loop import Loop
 from bench.procs import Server, start_server
+from bench.targets import TARGETS, redis_unavailable
 
 KEY = "bench-test-key"
 
@@ -103,3 +107,93 @@ def test_cli_writes_results_and_compares(
     text, regressions = report.compare(doc["results"], faster, tolerance=15)
     assert "REGRESSION" in text
     assert {r.split(":")[0] for r in regressions} >= {"fanout/memory last_p50_ms"}
+
+
+# -- side by side: every target of python -m bench, at tiny sizes ----------------------------
+
+TINY: dict[str, dict[str, Any]] = {
+    "capacity": {"n": 40, "swarm_size": 10, "settle": 0.2},
+    "fanout": {"peers": 12, "msgs": 5, "warmup": 1},
+    "pingpong": {"pairs": 2, "seconds": 0.5, "warmup": 0.2},
+}
+
+
+def required(why: str | None) -> None:
+    """Fail under CI, skip elsewhere, when a real part of the test is missing."""
+    if why is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"required under CI: {why}")
+    pytest.skip(why)
+
+
+def check_side_by_side(results: list[dict[str, Any]], names: list[str]) -> None:
+    assert [(r["scenario"], r["target"]) for r in results] == [(s, n) for s in TINY for n in names]
+    for r in results:
+        assert r["status"] == "ok", r
+        assert r["checks"]["ok"] is True, r
+        assert set(r["cpu"]) >= {"generator", "server_core_busy", "generator_bound"}
+        if r["scenario"] == "capacity":
+            assert r["checks"]["streams"] == r["checks"]["expected"] == 40
+            assert set(r["metrics"]) >= {"rss_per_stream_kb", "connects_per_s"}
+        elif r["scenario"] == "fanout":
+            assert r["checks"]["delivered"] == r["checks"]["expected"] == 60
+            assert {"last_p50_ms", "last_p99_ms"} <= set(r["metrics"])
+        else:
+            assert r["checks"]["delivered"] > 0
+            assert set(r["metrics"]) >= {"signals_per_s", "rtt_p50_ms", "rtt_p99_ms"}
+        if TARGETS[r["target"]].uses_redis:
+            # Every worker held at least one connection to its own redis-server.
+            counts = r["redis_connections_per_worker"]
+            assert len(counts) == r["workers"] and min(counts) >= 1
+
+
+def test_every_target_side_by_side_with_the_load_generator() -> None:
+    script = loadgen.find()
+    required(loadgen.unavailable(script))
+    required(redis_unavailable())
+    names = ["ceiling", "memory", "redis", "redis-2w", "gunicorn"]
+    results = sidebyside.run(
+        names,
+        list(TINY),
+        TINY,
+        repeat=1,
+        pin=False,
+        generator=script,
+        say=lambda _: None,
+        fresh=False,  # one server per target: the same runs, fewer server starts
+    )
+    check_side_by_side(results, names)
+    assert [r["workers"] for r in results[: len(names)]] == [1, 1, 1, 2, 1]
+    ratios = sidebyside.ratios(results)
+    assert set(ratios) == {"ceiling", "memory"}  # koa-signal was not asked for
+    assert ratios["ceiling"]["ceiling"]["signals_per_s"] == 1.0
+    assert set(ratios["ceiling"]["gunicorn"]) == set(sidebyside.FIGURES)
+    table = sidebyside.table(results, names)
+    assert "/ ceiling" in table and "Redis connections per worker" in table
+
+
+def test_own_generator_and_an_unavailable_koa_signal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A koa-signal that is not there is reported, with what to do; the run goes on.
+    monkeypatch.setenv("KOA_SIGNAL", str(tmp_path / "no-such-checkout"))
+    out = tmp_path / "side-by-side.json"
+    argv = ["--targets", "ceiling,koa-signal,memory", "--generator", "own", "--repeat", "1"]
+    argv += ["--capacity-n", "40", "--swarm-size", "10", "--settle", "0.2"]
+    argv += ["--fanout-peers", "12", "--fanout-msgs", "5", "--pairs", "2"]
+    argv += ["--pingpong-seconds", "0.5", "--no-pin", "-q", "--output", str(out)]
+    assert side_by_side_cli.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["meta"]["generator"] == "bench (own)"
+    koa = [r for r in doc["results"] if r["target"] == "koa-signal"]
+    assert [r["status"] for r in koa] == ["unavailable"] * 3
+    assert "koa-signal" in koa[0]["reason"]
+    ok = [r for r in doc["results"] if r["target"] != "koa-signal"]
+    for r in ok:
+        assert r["status"] == "ok" and r["checks"]["ok"] is True, r
+    fanout = {r["target"]: r for r in ok if r["scenario"] == "fanout"}
+    assert fanout["memory"]["checks"]["delivered"] == 60
+    assert set(doc["ratios"]) == {"ceiling", "memory"}
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 9 and all(json.loads(line)["scenario"] for line in lines)
