@@ -847,6 +847,14 @@ class Connection:
         except OSError as exc:
             raise _ClientGone(str(exc)) from exc
 
+    def direct_socket(self) -> tuple[Any, bool] | None:
+        """:class:`flask_signal.streaming.DirectWrites`: once the response head is
+        out, the plain socket a stream's frames may be sent to without this
+        connection, and whether they must be chunk-framed; None before."""
+        if not self.headers_sent or self.raw is None:
+            return None
+        return self.raw, self.chunked
+
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
