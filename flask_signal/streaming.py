@@ -16,11 +16,11 @@ frames straight to its socket (:attr:`Stream.direct`): the greenlet that
 publishes writes each subscriber's frame with one non-blocking ``send``,
 framed as the server frames the body, instead of waking each response's
 greenlet to do it. That is what makes a broadcast to a thousand peers a
-loop of sends. It is only done where the server is known to write every
-chunk as it comes and its framing can be read off its response object —
-gunicorn's gevent worker and :mod:`flask_signal.worker` over plain
-HTTP/1.x — and never on TLS sockets; everywhere else frames go through
-the server as usual. A client that cannot take a frame whole gets the rest
+loop of sends. It is only done where the server says how (the
+:class:`DirectWrites` protocol, which :class:`flask_signal.http.Connection`
+implements and :class:`GunicornResponse` adapts gunicorn's gevent worker
+to) and never on TLS sockets; everywhere else frames go through the server
+as usual. A client that cannot take a frame whole gets the rest
 from its own greenlet, before anything queued after it. (The server does
 not see these writes: its access log counts a stream's bytes without them.)
 """
@@ -30,11 +30,12 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 from gevent.socket import socket as GeventSocket
 from greenlet import getcurrent
+from gunicorn.http.wsgi import Response as _GunicornResponse
 
 from .hub import Stream
 
@@ -43,13 +44,54 @@ _PEEK = socket.MSG_PEEK | socket.MSG_DONTWAIT
 #: Where the extension's middleware leaves the server's ``start_response``.
 START_RESPONSE = "flask_signal.start_response"
 
-# Response writers whose framing is known: (module, class) of the object
-# whose bound method is the server's start_response. Exact classes only: a
-# subclass may frame the body its own way.
-_DIRECT_SERVERS = {
-    ("gunicorn.http.wsgi", "Response"),
-    ("flask_signal.http", "Connection"),
-}
+
+class DirectWrites(Protocol):
+    """What a server offers so that a stream's frames may bypass it.
+
+    Implemented by the object whose bound method is the server's
+    ``start_response``. A server that writes each chunk of a response as it
+    comes may offer it; one that buffers, rewrites or encrypts chunks must not.
+    """
+
+    def direct_socket(self) -> tuple[socket.socket, bool] | None:
+        """Once the response head is sent: the plain, non-blocking socket the
+        body may be sent to, and whether chunks must be chunk-framed. None
+        before the head is sent, or where writing past the server is unsafe."""
+
+
+class GunicornResponse:
+    """:class:`DirectWrites` for gunicorn's own ``Response`` (its gevent worker).
+
+    gunicorn does not offer this itself, so its response is read here, and
+    only here: if gunicorn renames what is read, a test of direct writes
+    under ``-k gevent`` fails.
+    """
+
+    __slots__ = ("response",)
+
+    def __init__(self, response: Any) -> None:
+        self.response = response
+
+    def direct_socket(self) -> tuple[socket.socket, bool] | None:
+        response = self.response
+        if not response.headers_sent:
+            return None
+        sock = response.sock
+        # Exactly gevent's plain socket, never TLS, whose bytes must go through
+        # it; its plain socket underneath sends without gevent's waiting.
+        if type(sock) is not GeventSocket:
+            return None
+        return sock._sock, bool(response.chunked)
+
+
+def direct_writes(writer: Any) -> DirectWrites | None:
+    """The :class:`DirectWrites` of a server's response writer, if it has one."""
+    # Exact class for gunicorn's: a subclass may frame the body its own way.
+    if type(writer) is _GunicornResponse:
+        return GunicornResponse(writer)
+    if callable(getattr(writer, "direct_socket", None)):
+        return writer  # type: ignore[no-any-return]
+    return None
 
 
 def capture_start_response(wsgi_app: Any) -> Any:
@@ -68,17 +110,8 @@ def direct_socket(environ: dict[str, Any]) -> tuple[socket.socket, bool] | None:
 
     Call it only once the response headers are out.
     """
-    writer: Any = getattr(environ.get(START_RESPONSE), "__self__", None)
-    cls = type(writer)
-    if (cls.__module__, cls.__qualname__) not in _DIRECT_SERVERS:
-        return None
-    if not getattr(writer, "headers_sent", False):
-        return None
-    sock: Any = getattr(writer, "sock", None)
-    # Exactly gevent's plain socket: never TLS, whose bytes must go through it.
-    if type(sock) is not GeventSocket:
-        return None
-    return sock._sock, bool(writer.chunked)
+    writer = direct_writes(getattr(environ.get(START_RESPONSE), "__self__", None))
+    return writer.direct_socket() if writer is not None else None
 
 
 def client_socket(environ: dict[str, Any]) -> socket.socket | None:

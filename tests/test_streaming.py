@@ -132,6 +132,27 @@ def test_no_direct_socket_for_unknown_servers() -> None:
     assert direct_socket({START_RESPONSE: Response().__init__}) is None
 
 
+def test_a_server_offers_direct_writes_by_the_protocol() -> None:
+    """Any server whose response writer has ``direct_socket()`` (DirectWrites) may take them."""
+    plain = gevent.socket.socket()
+
+    class Writer:
+        sent = False
+
+        def direct_socket(self) -> tuple[socket.socket, bool] | None:
+            return (plain._sock, False) if self.sent else None
+
+        def start_response(self, status: str, headers: list[tuple[str, str]]) -> None:
+            self.sent = True
+
+    writer = Writer()
+    environ = {START_RESPONSE: writer.start_response}
+    assert direct_socket(environ) is None  # nothing sent yet
+    writer.start_response("200 OK", [])
+    assert direct_socket(environ) == (plain._sock, False)
+    plain.close()
+
+
 def test_streams_over_tls_are_written_through_the_tls_socket(tmp_path: Path) -> None:
     """Direct writes never bypass TLS: frames reach a TLS client intact."""
     urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -171,13 +192,23 @@ def test_streams_over_tls_are_written_through_the_tls_socket(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     ("settings", "server", "direct"),
-    [({}, "gunicorn", 2), ({"direct_writes": False}, "gunicorn", 0), ({}, "pywsgi", 0)],
+    [
+        ({}, "gevent", 2),
+        ({}, "flask_signal.worker.GeventWorker", 2),
+        ({"direct_writes": False}, "gevent", 0),
+        ({}, "pywsgi", 0),
+    ],
 )
 def test_which_streams_take_direct_writes(
     tmp_path: Path, settings: dict[str, Any], server: str, direct: int
 ) -> None:
-    """Under gunicorn, unless turned off; never where the server's framing is unknown."""
-    srv = start_server(tmp_path, settings, server=server)
+    """Under both gunicorn workers (gunicorn's through its adapter, the project's
+    through its own DirectWrites), unless turned off; never under a server that
+    does not offer them."""
+    if server == "pywsgi":
+        srv = start_server(tmp_path, settings, server=server)
+    else:
+        srv = start_server(tmp_path, settings, worker_class=server)
     peers: list[Peer] = []
     try:
         initiator = Peer.open(srv.url)
