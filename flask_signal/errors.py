@@ -66,6 +66,14 @@ class BrokerUnavailable(FlaskSignalError):
     """
 
 
+class SwarmFull(FlaskSignalError):
+    """A swarm already holds as many peers as ``SIGNAL_MAX_SWARM_PEERS`` allows."""
+
+
+class Overloaded(FlaskSignalError):
+    """This process holds as many streams or swarms as it may; another may have room."""
+
+
 def answer_for(exc: FlaskSignalError, *, retry_after: int) -> Answer:
     """The answer to a request that raised ``exc``."""
     if isinstance(exc, Refusal):
@@ -79,4 +87,8 @@ def answer_for(exc: FlaskSignalError, *, retry_after: int) -> Answer:
             "signalling backend unavailable, retry later",
             [("Retry-After", str(retry_after))],
         )
+    if isinstance(exc, SwarmFull):
+        return error(429, "this swarm is full", [("Retry-After", str(retry_after))])
+    if isinstance(exc, Overloaded):
+        return error(503, str(exc), [("Retry-After", str(retry_after))])
     return error(500, "internal error")

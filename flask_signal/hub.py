@@ -8,6 +8,8 @@ streams are the peers and channel subscribers of this process. Brokers (see
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -18,6 +20,16 @@ from .framing import PING
 
 #: What :meth:`Stream.get` returns once the stream has ended.
 ENDED = b""
+
+#: Unsent bytes a stream may hold by default before its client counts as too slow.
+MAX_BYTES = 256 * 1024
+
+#: End reasons that say the connection was lost rather than closed by its
+#: client: a swarm peer whose stream ends for one of these may come back
+#: within the resume grace (see :mod:`flask_signal.brokers`). A client that
+#: closes its connection (``"disconnected"``, ``"closed"``) has left; a client
+#: too slow to keep up (``"overflow"``) has lost frames and cannot resume.
+RESUMABLE = frozenset({"reset", "timeout", "write timeout", "lifetime", "drain", "shutdown"})
 
 
 class Response(Protocol):
@@ -33,8 +45,9 @@ class Response(Protocol):
 class Stream:
     """One open SSE response: a bounded buffer of encoded frames and its one reader.
 
-    ``put`` never blocks: a client too slow to drain ``maxsize`` frames is
-    ended (``end_reason == "overflow"``) instead of growing server memory.
+    ``put`` never blocks: a client too slow to drain ``maxsize`` frames or
+    ``max_bytes`` bytes is ended (``end_reason == "overflow"``) instead of
+    growing server memory.
     Lighter than a gevent Queue on purpose: with one reader, a list and a
     :class:`~gevent.hub.Waiter` are all a stream needs, and a server holds
     tens of thousands of them.
@@ -51,13 +64,25 @@ class Stream:
         "ended",
         "kind",
         "last_seq",
+        "max_bytes",
         "maxsize",
+        "nbytes",
+        "opened",
         "response",
         "swarm_id",
+        "writing",
     )
 
-    def __init__(self, maxsize: int, kind: str = "swarm") -> None:
+    def __init__(self, maxsize: int, kind: str = "swarm", max_bytes: int = MAX_BYTES) -> None:
         self.maxsize = maxsize
+        self.max_bytes = max_bytes
+        #: Bytes queued and not yet taken by the reader.
+        self.nbytes = 0
+        #: When the stream opened (``time.monotonic()``), for the lifetime bound.
+        self.opened = time.monotonic()
+        #: When the reader handed its last frames to the server, 0.0 once the
+        #: server came back for more: how long a write has been stuck.
+        self.writing = 0.0
         self._frames: list[bytes] | None = None
         self._waiter: Waiter[Any] | None = None
         self.kind = kind
@@ -94,14 +119,37 @@ class Stream:
                     return True
                 if self.end_reason is not None:  # the write found the client gone
                     return False
+            if len(frame) > self.max_bytes:
+                self.end("overflow")
+                return False
             self._frames = [frame]
-        elif len(frames) < self.maxsize:
+            self.nbytes = len(frame)
+        elif len(frames) < self.maxsize and self.nbytes + len(frame) <= self.max_bytes:
             frames.append(frame)
+            self.nbytes += len(frame)
         else:
             self.end("overflow")
             return False
         self.wake()
         return True
+
+    def finish(self, frame: bytes, reason: str) -> None:
+        """Queue ``frame`` as the stream's last, past the bounds if need be, and end it."""
+        if self.ended:
+            return
+        if self._frames is None:
+            if self.direct and self._waiter is not None:
+                assert self.response is not None
+                if self.response.write_now(frame):
+                    self.end(reason)
+                    return
+            if self.end_reason is not None:  # that write found the client gone
+                return
+            self._frames = [frame]
+        else:
+            self._frames.append(frame)
+        self.nbytes += len(frame)
+        self.end(reason)
 
     def wake(self) -> None:
         """Make a waiting :meth:`get` return, even with nothing queued."""
@@ -121,6 +169,7 @@ class Stream:
         if reason == "overflow":
             # A reader that cannot keep up loses its backlog, not the server its memory.
             self._frames = None
+            self.nbytes = 0
         self.wake()
         if reason == "overflow" and self.response is not None:
             self.response.abort()
@@ -144,10 +193,16 @@ class Stream:
             if self._frames is None:
                 return ENDED if self.ended else None
         frames, self._frames = self._frames, None
+        self.nbytes = 0
         return frames[0] if len(frames) == 1 else b"".join(frames)
 
     def pending(self) -> int:
         return len(self._frames) if self._frames else 0
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the stream ended by a lost connection (see :data:`RESUMABLE`)."""
+        return self.end_reason in RESUMABLE
 
 
 class LocalHub:
@@ -159,6 +214,8 @@ class LocalHub:
         self.channels: dict[str, set[Stream]] = {}
         #: Streams ended because they could not keep up.
         self.overflows = 0
+        #: Set once this process drains: new streams are turned away.
+        self.draining = False
 
     def add(self, stream: Stream) -> None:
         self.streams.add(stream)
@@ -218,6 +275,57 @@ class LocalHub:
         if channel is None:
             return len(self.streams)
         return len(self.channels.get(channel, ()))
+
+
+def retry_frame(milliseconds: int) -> bytes:
+    """A ``retry:`` hint that every client reads: a comment first, no data.
+
+    Swarm clients that split each frame on its first line (moshpit) skip a
+    block that starts with a comment; an EventSource takes the ``retry:``
+    field and dispatches nothing.
+    """
+    return b":\nretry: %d\n\n" % milliseconds
+
+
+def spread_retry(spread: float, floor: float = 0.25) -> int:
+    """A reconnection delay in milliseconds, drawn from ``floor`` to ``floor + spread`` seconds,
+    so that the clients of one closing process do not all come back in the same instant."""
+    return int(1000 * (floor + random.random() * max(spread, 0.0)))
+
+
+def end_with_retry(stream: Stream, reason: str, spread: float) -> None:
+    """End ``stream`` after a jittered ``retry:`` hint (see :func:`spread_retry`)."""
+    stream.finish(retry_frame(spread_retry(spread)), reason)
+
+
+def watchdog(
+    hub: LocalHub,
+    *,
+    write_timeout: float = 0.0,
+    max_age: float = 0.0,
+    spread: float = 3.0,
+    period: float = 1.0,
+) -> None:
+    """Every ``period`` seconds, end the streams that outlived their bounds.
+
+    Run in one greenlet per process. A stream whose server write has not
+    returned for ``write_timeout`` seconds (a client that stopped reading,
+    or vanished with data in flight) is cut; one older than ``max_age``
+    seconds (each stream's own age, spread by up to a tenth so a process's
+    streams do not all end together) ends with a jittered ``retry:``.
+    """
+    while True:
+        gevent.sleep(period)
+        now = time.monotonic()
+        for stream in tuple(hub.streams):
+            if stream.ended:
+                continue
+            if write_timeout and stream.writing and now - stream.writing > write_timeout:
+                stream.end("write timeout")
+                if stream.response is not None:
+                    stream.response.abort()
+            elif max_age and now - stream.opened > max_age * (0.9 + (id(stream) >> 4) % 11 / 100):
+                end_with_retry(stream, "lifetime", spread)
 
 
 def keep_alive(hub: LocalHub, interval: float) -> None:

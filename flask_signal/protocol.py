@@ -13,10 +13,10 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import signals
+from . import framing, signals
 from .brokers import Broker, BrokerUnavailable, Delivery, Membership
 from .errors import JSON, Answer, FlaskSignalError, Refusal, answer_for, error
-from .hub import Stream
+from .hub import Stream, retry_frame, spread_retry
 from .parsing import (
     accepts_event_stream,
     content_length,
@@ -56,6 +56,9 @@ def check_stream_allowed(
             )
         )
     limits = st.settings
+    if st.broker.hub.draining:
+        # This process is stopping: the client reconnects, to another one.
+        raise Refusal(reconnect(st, environ))
     retry = [("Retry-After", str(limits.retry_after))]
     if limits.max_clients and st.broker.connection_count() >= limits.max_clients:
         raise Refusal(error(503, "too many clients on this server", retry))
@@ -63,6 +66,44 @@ def check_stream_allowed(
         for name in channels:
             if st.broker.connection_count(name) >= limits.channel_max_clients:
                 raise Refusal(error(503, f"too many clients on channel {name!r}", retry))
+
+
+def reconnect(st: AppState, environ: dict[str, Any]) -> Answer:
+    """A stream that ends at once, telling its client when to come back.
+
+    What an EventSource retries (unlike any other status, which it takes as
+    final), with the delay spread so that clients do not return all at once.
+    """
+    frame = retry_frame(spread_retry(st.settings.drain_spread))
+    return Answer(200, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), (frame,))
+
+
+def stop(st: AppState) -> Answer:
+    """204: what makes an EventSource stop reconnecting (a swarm it cannot get back)."""
+    return Answer(204, [("Content-Length", "0")], ())
+
+
+def resume_handle(st: AppState, environ: dict[str, Any]) -> str | None:
+    """The ``Last-Event-ID`` of a swarm stream that asks to resume, with resume on."""
+    if not st.broker.resume_grace:
+        return None
+    value = environ.get("HTTP_LAST_EVENT_ID")
+    return value.strip() if value and value.strip() else None
+
+
+def resume_stream(
+    st: AppState, environ: dict[str, Any], sender: Any, handle: str, swarm_id: str | None
+) -> Answer:
+    """A swarm peer's stream coming back: its missed frames, or 204 if it cannot resume."""
+
+    def attach(stream: Stream) -> tuple[Membership, bytes]:
+        member = st.broker.resume_swarm(handle, stream, swarm_id)
+        if member is None:
+            raise Refusal(stop(st))
+        # Something to send at once, so the response starts even with nothing missed.
+        return member, framing.PING
+
+    return open_stream(st, environ, sender, "swarm", attach, "leave_swarm")
 
 
 def open_stream(
@@ -83,13 +124,18 @@ def open_stream(
     once, when the response ends.
     """
     broker = st.broker
-    stream = Stream(st.settings.queue_size, kind)
+    stream = Stream(st.settings.queue_size, kind, st.settings.queue_bytes)
     attached, head = attach(stream)
     broker.hub.add(stream)
     signals.client_connected.send(sender, stream=stream)
     on_close = _Detach(broker, sender, detach, stream, attached)
     body = EventStream(
-        stream, on_close=on_close, head=head, environ=environ, direct=st.settings.direct_writes
+        stream,
+        on_close=on_close,
+        head=head,
+        environ=environ,
+        direct=st.settings.direct_writes,
+        dead_peer_timeout=st.settings.dead_peer_timeout,
     )
     return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), body)
 
@@ -109,7 +155,11 @@ class _Detach:
 
     def __call__(self) -> None:
         try:
-            getattr(self.broker, self.method)(self.attached)
+            if self.method == "leave_swarm":
+                # The stream tells a lost connection (resumable) from a close.
+                self.broker.leave_swarm(self.attached, self.stream)
+            else:
+                getattr(self.broker, self.method)(self.attached)
         except BrokerUnavailable:
             log.warning("broker unavailable while closing %r", self.stream)
         finally:
@@ -138,6 +188,9 @@ def base(st: AppState, environ: dict[str, Any], sender: Any) -> Answer:
     if method == "GET":
         check_stream_allowed(st, environ)
         broker = st.broker
+        handle = resume_handle(st, environ)
+        if handle is not None:  # an initiator's EventSource reconnecting
+            return resume_stream(st, environ, sender, handle, None)
         return open_stream(
             st,
             environ,
@@ -174,6 +227,9 @@ def swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str) -> 
 def join_swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str) -> Answer:
     check_stream_allowed(st, environ)
     broker = st.broker
+    handle = resume_handle(st, environ)
+    if handle is not None:  # a peer's EventSource reconnecting
+        return resume_stream(st, environ, sender, handle, swarm_id)
 
     def attach(stream: Stream) -> tuple[Membership, bytes]:
         member = broker.join_swarm(swarm_id, stream)

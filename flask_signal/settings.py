@@ -306,6 +306,67 @@ class Settings:
         "chunk of a stream",
     )
 
+    queue_bytes: int = setting(
+        "256kb",
+        check=parse_size,
+        doc='unsent bytes a stream may hold (`"256kb"`); a client that falls further behind '
+        "is disconnected (a swarm peer then cannot resume)",
+    )
+    resume_grace: float = setting(
+        0.0,
+        check=_seconds,
+        doc="seconds a swarm peer whose connection was lost (reset, timeout, server restart) "
+        "may take to come back with its `Last-Event-ID`, keeping its cid, token and every "
+        "signal meanwhile; swarm frames then carry a numeric `id:`. `0`: a lost peer leaves "
+        "at once",
+        cli=Option(
+            ("--resume-grace",),
+            "seconds a lost swarm peer may take to resume, 0 = off",
+            metavar="SECONDS",
+            parse=float,
+        ),
+    )
+    dead_peer_timeout: float = setting(
+        45.0,
+        check=_seconds,
+        doc="seconds after which a silent client counts as gone: TCP keep-alive probes and "
+        "`TCP_USER_TIMEOUT` on stream sockets; `0` leaves the kernel's defaults",
+    )
+    write_timeout: float = setting(
+        30.0,
+        check=_seconds,
+        doc="seconds one write of a stream may take before the client counts as gone "
+        "(`0`: no deadline)",
+    )
+    max_stream_age: float = setting(
+        0.0,
+        check=_seconds,
+        doc="seconds after which a stream is ended with a jittered `retry:` so its client "
+        "reconnects (spreads load after a deploy; `0`: streams last as long as clients stay)",
+    )
+    drain_spread: float = setting(
+        3.0,
+        check=_seconds,
+        doc="seconds over which the `retry:` delays of streams ended together (shutdown, "
+        "restart, lifetime) are spread, so clients do not all come back at once",
+    )
+    max_swarm_peers: int = setting(
+        0,
+        check=_int(0),
+        doc="peers a swarm may hold before joins get 429 (`0`: no limit)",
+    )
+    max_swarms: int = setting(
+        0,
+        check=_int(0),
+        doc="swarms created per process before new ones get 503 (`0`: no limit)",
+    )
+    sender_field: str | None = setting(
+        None,
+        check=_optional(_str),
+        doc='a field (e.g. `"from"`) in which the server stamps the sending peer\'s cid into '
+        "object signals, overwriting what the client put there (`None`: off)",
+    )
+
     def __post_init__(self) -> None:
         for item in fields(self):
             check = item.metadata["check"]

@@ -15,7 +15,7 @@ from typing import Any
 import gevent
 
 from .brokers import Broker, from_url
-from .hub import LocalHub, keep_alive
+from .hub import LocalHub, keep_alive, watchdog
 from .settings import Settings
 
 #: Where ``init_app`` leaves the state in ``app.extensions``.
@@ -42,6 +42,10 @@ def make_broker(settings: Settings, sender: Any) -> Broker:
         hub=LocalHub(),
         sender=sender,
         history_size=settings.history_size,
+        resume_grace=settings.resume_grace,
+        resume_bytes=min(settings.queue_bytes, 64 * 1024),
+        sender_field=settings.sender_field,
+        max_swarm_peers=settings.max_swarm_peers,
         **options,
     )
 
@@ -66,8 +70,18 @@ class AppState:
         gunicorn master must not own listeners that its workers inherit."""
         self.started = True
         self.broker.start()
-        if self.settings.ping_interval > 0:
-            gevent.spawn(keep_alive, self.broker.hub, self.settings.ping_interval)
+        settings = self.settings
+        if settings.ping_interval > 0:
+            gevent.spawn(keep_alive, self.broker.hub, settings.ping_interval)
+        if settings.write_timeout or settings.max_stream_age:
+            gevent.spawn(
+                watchdog,
+                self.broker.hub,
+                write_timeout=settings.write_timeout,
+                max_age=settings.max_stream_age,
+                spread=settings.drain_spread,
+                period=min(1.0, (settings.write_timeout or settings.max_stream_age) / 4),
+            )
 
     def stream_headers(self, protocol: str) -> list[tuple[str, str]]:
         """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it."""

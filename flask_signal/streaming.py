@@ -28,7 +28,9 @@ not see these writes: its access log counts a stream's bytes without them.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -129,6 +131,34 @@ def client_socket(environ: dict[str, Any]) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
+def detect_dead_peers(sock: Any, timeout: float) -> None:
+    """Make the kernel find out within ``timeout`` seconds that the client is gone.
+
+    A client that vanishes (a cable pulled, a laptop closed) sends nothing:
+    without keep-alive probes an idle stream would wait forever, and a write
+    sits in the send buffer for the kernel's retransmission timeout (some 15
+    minutes). Probes start after a third of ``timeout`` and three unanswered
+    ones (two ninths apart) fail the socket; ``TCP_USER_TIMEOUT`` fails it
+    when data stays unacknowledged that long. Either wakes the stream's read
+    watcher with ``ETIMEDOUT``. Options this platform lacks are skipped.
+    """
+    if timeout <= 0:
+        return
+    idle = max(1, int(timeout / 3))
+    interval = max(1, int((timeout - idle) / 3))
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), idle),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), interval),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(timeout * 1000)),
+    ]
+    for level, option, value in options:
+        if option is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(level, option, value)
+
+
 def cooperative() -> bool:
     """Whether this request runs in a gevent greenlet, as streams need.
 
@@ -170,6 +200,7 @@ class EventStream(Iterator[bytes]):
         head: bytes = b"",
         environ: dict[str, Any] | None = None,
         direct: bool = True,
+        dead_peer_timeout: float = 0.0,
     ) -> None:
         self._stream = stream
         self._direct = direct
@@ -185,6 +216,8 @@ class EventStream(Iterator[bytes]):
         # gevent sockets wrap a non-blocking one: peeking at it never waits.
         self._sock: Any = getattr(sock, "_sock", sock)
         self._watcher = None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            detect_dead_peers(self._sock, dead_peer_timeout)
         if sock is not None:
             self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
             self._watcher.start(self._readable)
@@ -192,18 +225,22 @@ class EventStream(Iterator[bytes]):
 
     def _readable(self) -> None:
         """Called by the event loop when the client socket turns readable."""
+        reason = "disconnected"  # EOF: the client closed its end, it has left
         try:
             closed = not self._sock.recv(1, _PEEK)
         except BlockingIOError:
             return
-        except OSError:
+        except OSError as exc:
+            # Lost rather than closed: reset, or found dead by keep-alive
+            # probes or the user timeout (see detect_dead_peers).
             closed = True
+            reason = "timeout" if exc.errno == errno.ETIMEDOUT else "reset"
         # Data instead of EOF (a pipelined request): stop watching, the
         # keep-alive pings will find out if the client goes.
         if self._watcher is not None:
             self._watcher.stop()
         if closed:
-            self._stream.end("disconnected")
+            self._stream.end(reason)
 
     def abort(self) -> None:
         # Fails the writer blocked on this socket with EPIPE, which servers
@@ -217,11 +254,14 @@ class EventStream(Iterator[bytes]):
         return self
 
     def __next__(self) -> bytes:
+        stream = self._stream
+        # The server is back for more: the last write is done (see hub.watchdog).
+        stream.writing = 0.0
         if self._head:
             head, self._head = self._head, b""
             self._started = True
+            stream.writing = time.monotonic()
             return head
-        stream = self._stream
         if self._started and self._environ is not None:
             self._take_over(stream)
         while True:
@@ -234,6 +274,7 @@ class EventStream(Iterator[bytes]):
             if not frame or self._closed:  # ENDED is the empty frame
                 raise StopIteration
             self._started = True
+            stream.writing = time.monotonic()
             return frame
 
     def _take_over(self, stream: Stream) -> None:
@@ -276,11 +317,13 @@ class EventStream(Iterator[bytes]):
     def _flush(self) -> bool:
         """Send the rest of a direct write from the response's own greenlet."""
         rest, self._rest = self._rest, b""
+        self._stream.writing = time.monotonic()
         try:
             self._gsock.sendall(rest)
         except OSError:
             self._stream.end("disconnected")
             return False
+        self._stream.writing = 0.0
         return True
 
     def close(self) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
+from ..errors import BrokerUnavailable, SwarmFull  # re-exported for brokers
 from ..hub import LocalHub, Stream
 
 
@@ -57,6 +57,42 @@ class Replay:
     lost: bool = False
 
 
+#: Length of a resume key: a nonzero digit, then 30 random digits (~100 bits).
+RESUME_KEY_LENGTH = 31
+
+
+def new_resume_key() -> str:
+    """A swarm peer's resume secret, all digits (see :func:`parse_resume`)."""
+    return str(secrets.randbelow(9) + 1) + f"{secrets.randbelow(10**30):030d}"
+
+
+def resume_id(key: bytes, seq: int) -> bytes:
+    """The SSE ``id`` of a peer's ``seq``-th frame: its resume key, then ``seq``."""
+    return key + b"%d" % seq
+
+
+def stamp(frame: bytes, key: bytes, seq: int) -> bytes:
+    """``frame`` (a swarm event) with its ``id:`` line after the ``data:`` line.
+
+    Digits only, so that clients which JSON-parse every line after the
+    first (moshpit) read a number; an EventSource sends it back as
+    ``Last-Event-ID`` when it reconnects.
+    """
+    return frame[:-1] + b"id: " + resume_id(key, seq) + b"\n\n"
+
+
+def parse_resume(value: str) -> tuple[str, int] | None:
+    """A ``Last-Event-ID`` as (resume key, sequence number); ``None`` if it is not one."""
+    if (
+        len(value) <= RESUME_KEY_LENGTH
+        or len(value) > RESUME_KEY_LENGTH + 18
+        or not value.isascii()
+        or not value.isdigit()
+    ):
+        return None
+    return value[:RESUME_KEY_LENGTH], int(value[RESUME_KEY_LENGTH:])
+
+
 def new_id() -> str:
     """A 128-bit identifier or secret: 32 lowercase hex characters from a CSPRNG."""
     return secrets.token_hex(16)
@@ -86,10 +122,22 @@ class Broker(ABC):
         hub: LocalHub | None = None,
         sender: Any = None,
         history_size: int = 500,
+        resume_grace: float = 0.0,
+        resume_bytes: int = 64 * 1024,
+        sender_field: str | None = None,
+        max_swarm_peers: int = 0,
     ) -> None:
         self.hub = hub if hub is not None else LocalHub()
         self.sender = sender
         self.history_size = history_size
+        #: Seconds a swarm peer whose connection was lost may take to resume; 0: never.
+        self.resume_grace = resume_grace
+        #: Bytes of a peer's latest frames kept for its resume.
+        self.resume_bytes = resume_bytes
+        #: Where signals from a peer carry its cid, stamped by the server.
+        self.sender_field = sender_field
+        #: Peers a swarm may hold; 0: no bound.
+        self.max_swarm_peers = max_swarm_peers
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -115,9 +163,29 @@ class Broker(ABC):
         """
 
     @abstractmethod
-    def leave_swarm(self, member: Membership) -> None:
+    def leave_swarm(self, member: Membership, stream: Stream | None = None) -> None:
         """A peer's stream ended: remove it and tell the initiator (``leave``), or, for the
-        initiator, end every stream of the swarm and forget it."""
+        initiator, end every stream of the swarm and forget it.
+
+        With resume on, a ``stream`` lost rather than closed (see
+        :attr:`Stream.resumable`) only detaches the peer: it stays for the
+        resume grace, receiving into its buffer, and leaves if it does not
+        come back. A ``stream`` that is no longer the peer's (a resume
+        replaced it) changes nothing.
+        """
+
+    def resume_swarm(
+        self, handle: str, stream: Stream, swarm_id: str | None = None
+    ) -> Membership | None:
+        """Give a detached (or not yet known to be lost) peer the new ``stream``.
+
+        ``handle`` is the ``Last-Event-ID`` the client sent. The frames it
+        missed are queued on ``stream`` in order; no ``join`` or ``leave`` is
+        sent. ``None`` when this cannot be done faithfully (unknown or expired
+        handle, another swarm, frames no longer retained): the client is
+        then told to stop.
+        """
+        return None
 
     @abstractmethod
     def swarm_exists(self, swarm_id: str) -> bool: ...

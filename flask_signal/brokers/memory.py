@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hmac
+import logging
 import time
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import gevent
 
 from .. import framing, signals
 from ..hub import Stream
@@ -14,12 +18,37 @@ from . import (
     Delivery,
     Membership,
     Replay,
+    SwarmFull,
     format_event_id,
     new_epoch,
     new_id,
+    new_resume_key,
     parse_event_id,
+    parse_resume,
+    stamp,
     token_digest,
 )
+
+log = logging.getLogger("flask_signal")
+
+
+class _Peer:
+    """A swarm peer: its stream while connected, and what it needs to resume."""
+
+    __slots__ = ("cid", "digest", "expiry", "key", "sent", "sent_bytes", "seq", "stream")
+
+    def __init__(self, cid: str, digest: str, stream: Stream, key: bytes) -> None:
+        self.cid = cid
+        self.digest = digest
+        self.stream: Stream | None = stream
+        #: The resume key (empty with resume off), and the last frame number sent.
+        self.key = key
+        self.seq = 0
+        #: The latest frames sent, as (seq, frame), for a resume to replay.
+        self.sent: deque[tuple[int, bytes]] = deque()
+        self.sent_bytes = 0
+        #: The greenlet that makes a detached peer leave when its grace is over.
+        self.expiry: gevent.Greenlet[Any] | None = None
 
 
 class _Swarm:
@@ -28,7 +57,7 @@ class _Swarm:
     def __init__(self, swarm_id: str, initiator: str) -> None:
         self.id = swarm_id
         self.initiator = initiator
-        self.peers: dict[str, Stream] = {}
+        self.peers: dict[str, _Peer] = {}
         self.tokens: dict[str, str] = {}  # token digest -> cid
 
 
@@ -63,6 +92,8 @@ class MemoryBroker(Broker):
         super().__init__(**options)
         self.history_ttl = history_ttl
         self.swarms: dict[str, _Swarm] = {}
+        #: Resume key digest -> (swarm id, cid), for peers that may resume.
+        self.resumes: dict[str, tuple[str, str]] = {}
         self.history: dict[str, _Channel] = {}
         self.epoch = new_epoch()
         self.seq = 0
@@ -80,38 +111,138 @@ class MemoryBroker(Broker):
         swarm = self.swarms.get(swarm_id)
         if swarm is None:
             return None
+        if self.max_swarm_peers and len(swarm.peers) >= self.max_swarm_peers:
+            raise SwarmFull(swarm_id)
         member = Membership(swarm_id, new_id(), new_id(), initiator=False)
         self._add_peer(swarm, member, stream)
         initiator = swarm.peers.get(swarm.initiator)
         if initiator is not None:
-            initiator.put(framing.swarm_event("join", {"id": swarm_id, "cid": member.cid}))
+            self._deliver(
+                initiator, framing.swarm_event("join", {"id": swarm_id, "cid": member.cid})
+            )
         signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
         return member
 
     def _add_peer(self, swarm: _Swarm, member: Membership, stream: Stream) -> None:
         stream.swarm_id, stream.cid = member.id, member.cid
-        swarm.peers[member.cid] = stream
-        swarm.tokens[token_digest(member.token)] = member.cid
+        digest = token_digest(member.token)
+        key = b""
+        if self.resume_grace:
+            text = new_resume_key()
+            key = text.encode()
+            self.resumes[token_digest(text)] = (member.id, member.cid)
+        peer = swarm.peers[member.cid] = _Peer(member.cid, digest, stream, key)
+        swarm.tokens[digest] = member.cid
         self.hub.peers[member.cid] = stream
-        stream.put(framing.swarm_event("connect", member.connect_data()))
+        self._deliver(peer, framing.swarm_event("connect", member.connect_data()))
 
-    def leave_swarm(self, member: Membership) -> None:
+    def _deliver(self, peer: _Peer, frame: bytes) -> None:
+        """Send ``frame`` to ``peer``; with resume on, numbered and kept for a resume."""
+        if peer.key:
+            peer.seq += 1
+            frame = stamp(frame, peer.key, peer.seq)
+            peer.sent.append((peer.seq, frame))
+            peer.sent_bytes += len(frame)
+            while peer.sent_bytes > self.resume_bytes and len(peer.sent) > 1:
+                peer.sent_bytes -= len(peer.sent.popleft()[1])
+        if peer.stream is not None:
+            peer.stream.put(frame)
+
+    def leave_swarm(self, member: Membership, stream: Stream | None = None) -> None:
         swarm = self.swarms.get(member.id)
-        if swarm is None or swarm.peers.pop(member.cid, None) is None:
+        peer = swarm.peers.get(member.cid) if swarm is not None else None
+        if swarm is None or peer is None:
             return
-        swarm.tokens.pop(token_digest(member.token), None)
-        self.hub.peers.pop(member.cid, None)
-        if member.initiator:
-            del self.swarms[member.id]
-            for cid, stream in swarm.peers.items():
-                self.hub.peers.pop(cid, None)
-                stream.end("swarm closed")
-            signals.swarm_closed.send(self.sender, swarm_id=member.id, cid=member.cid)
+        if stream is not None:
+            if peer.stream is not stream:
+                return  # replaced by a resume, or already detached
+            if peer.key and stream.resumable:
+                self._detach(swarm, peer, stream)
+                return
+        self._remove(swarm, peer)
+
+    def _detach(self, swarm: _Swarm, peer: _Peer, stream: Stream) -> None:
+        """The peer's connection was lost: keep it for the grace, buffering its frames."""
+        peer.stream = None
+        self.hub.peers.pop(peer.cid, None)
+        peer.expiry = gevent.spawn_later(self.resume_grace, self._expire, swarm.id, peer)
+        log.info(
+            "peer lost, may resume: swarm=%s cid=%s reason=%s grace=%ss",
+            swarm.id,
+            peer.cid,
+            stream.end_reason,
+            self.resume_grace,
+        )
+
+    def _expire(self, swarm_id: str, peer: _Peer) -> None:
+        swarm = self.swarms.get(swarm_id)
+        if swarm is not None and swarm.peers.get(peer.cid) is peer and peer.stream is None:
+            peer.expiry = None
+            log.info("peer did not resume: swarm=%s cid=%s", swarm_id, peer.cid)
+            self._remove(swarm, peer)
+
+    def _forget(self, peer: _Peer) -> None:
+        self.hub.peers.pop(peer.cid, None)
+        if peer.key:
+            self.resumes.pop(token_digest(peer.key.decode()), None)
+        expiry, peer.expiry = peer.expiry, None
+        if expiry is not None and expiry is not gevent.getcurrent():
+            expiry.kill(block=False)
+
+    def _remove(self, swarm: _Swarm, peer: _Peer) -> None:
+        """The peer is gone for good: ``leave``, or for the initiator the end of the swarm."""
+        del swarm.peers[peer.cid]
+        swarm.tokens.pop(peer.digest, None)
+        self._forget(peer)
+        if peer.cid == swarm.initiator:
+            del self.swarms[swarm.id]
+            for other in swarm.peers.values():
+                self._forget(other)
+                if other.stream is not None:
+                    other.stream.end("swarm closed")
+            signals.swarm_closed.send(self.sender, swarm_id=swarm.id, cid=peer.cid)
             return
         initiator = swarm.peers.get(swarm.initiator)
         if initiator is not None:
-            initiator.put(framing.swarm_event("leave", {"id": member.id, "cid": member.cid}))
-        signals.peer_left.send(self.sender, swarm_id=member.id, cid=member.cid)
+            self._deliver(
+                initiator, framing.swarm_event("leave", {"id": swarm.id, "cid": peer.cid})
+            )
+        signals.peer_left.send(self.sender, swarm_id=swarm.id, cid=peer.cid)
+
+    def resume_swarm(
+        self, handle: str, stream: Stream, swarm_id: str | None = None
+    ) -> Membership | None:
+        parsed = parse_resume(handle)
+        if parsed is None:
+            return None
+        key, seq = parsed
+        found = self.resumes.get(token_digest(key))
+        if found is None or (swarm_id is not None and found[0] != swarm_id):
+            return None
+        swarm = self.swarms[found[0]]
+        peer = swarm.peers[found[1]]
+        if seq > peer.seq or not hmac.compare_digest(key.encode(), peer.key):
+            return None
+        if seq < peer.seq and (not peer.sent or peer.sent[0][0] > seq + 1):
+            # Frames it missed are gone: it cannot get every signal in order.
+            log.warning("peer cannot resume, frames lost: swarm=%s cid=%s", swarm.id, peer.cid)
+            if peer.stream is not None:
+                peer.stream.end("replaced")
+            self._remove(swarm, peer)
+            return None
+        old, peer.stream = peer.stream, stream
+        if old is not None:
+            old.end("replaced")  # a connection the server had not yet found lost
+        expiry, peer.expiry = peer.expiry, None
+        if expiry is not None:
+            expiry.kill(block=False)
+        stream.swarm_id, stream.cid = swarm.id, peer.cid
+        self.hub.peers[peer.cid] = stream
+        for number, frame in peer.sent:
+            if number > seq:
+                stream.put(frame)
+        log.info("peer resumed: swarm=%s cid=%s after=%d", swarm.id, peer.cid, seq)
+        return Membership(swarm.id, peer.cid, "", initiator=peer.cid == swarm.initiator)
 
     def swarm_exists(self, swarm_id: str) -> bool:
         return swarm_id in self.swarms
@@ -130,18 +261,22 @@ class MemoryBroker(Broker):
         swarm = self.swarms.get(swarm_id)
         if swarm is None:
             return Delivery.NO_SWARM
-        if token is not None and token_digest(token) not in swarm.tokens:
-            return Delivery.BAD_TOKEN
+        if token is not None:
+            sender = swarm.tokens.get(token_digest(token))
+            if sender is None:
+                return Delivery.BAD_TOKEN
+            if self.sender_field and isinstance(data, dict):
+                data = {**data, self.sender_field: sender}
         if cid is not None:
             target = swarm.peers.get(cid)
             if target is None:
                 return Delivery.NO_PEER
-            target.put(framing.swarm_event("signal", data))
+            self._deliver(target, framing.swarm_event("signal", data))
             return Delivery.OK
-        # Encoded once; every peer's queue holds the same bytes object.
+        # Encoded once; without resume every peer's queue holds the same bytes object.
         frame = framing.swarm_event("signal", data)
-        for stream in tuple(swarm.peers.values()):
-            stream.put(frame)
+        for peer in tuple(swarm.peers.values()):
+            self._deliver(peer, frame)
         return Delivery.OK
 
     def swarm_count(self) -> int:

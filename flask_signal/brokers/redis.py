@@ -838,7 +838,7 @@ class RedisBroker(Broker):
         signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
         return member
 
-    def leave_swarm(self, member: Membership) -> None:
+    def leave_swarm(self, member: Membership, stream: Stream | None = None) -> None:
         """Forget the peer here at once; tell Redis, or retry later if it is unreachable."""
         peers = self._peers.get(member.id, {})
         stream = peers.pop(member.cid, None)

@@ -1,0 +1,327 @@
+"""Swarm peers survive a blip: a lost stream may resume within SIGNAL_RESUME_GRACE.
+
+Real servers, raw sockets: a connection reset (SO_LINGER 0) stands for a
+network blip, a plain close for a client that left; a WHATWG EventSource
+(the npm ``eventsource`` package) reconnects by itself through a proxy that
+cuts its connection.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import SSE, Peer, Server
+
+pytestmark = pytest.mark.single_process
+
+COMPAT = Path(__file__).parent / "compat"
+# Longer than an EventSource's default reconnection delay (3 s).
+GRACE = {"resume_grace": 8}
+
+
+def reset(sse: SSE) -> None:
+    """Drop the connection as a network blip does: a reset, no orderly close."""
+    sse.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sse.sock.close()
+
+
+def last_id(sse: SSE) -> str:
+    """The id of the last event the client got (what an EventSource sends back)."""
+    ids = [line[4:] for line in bytes(sse.raw).decode().split("\n") if line.startswith("id: ")]
+    return ids[-1]
+
+
+def resume(url: str, handle: str, **headers: str) -> SSE:
+    return SSE.open(url, {"Last-Event-ID": handle, **headers})
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    from tests.support import start_server
+
+    server = start_server(tmp_path_factory.mktemp("resume"), GRACE)
+    yield server
+    server.stop()
+
+
+def test_ids_are_digits_after_the_data_line(srv: Server) -> None:
+    with SSE.open(srv.url) as sse:
+        sse.next()
+        block = bytes(sse.raw).decode().split("\n\n")[0].split("\n")
+        assert block[0] == "event: connect" and block[1].startswith("data: ")
+        assert block[2].startswith("id: ") and len(block) == 3
+        value = block[2][4:]
+        assert value.isdigit() and value[0] != "0" and len(value) > 31
+        assert isinstance(json.loads(value), (int, float))  # what moshpit does with it
+
+
+def test_a_reset_peer_resumes_with_every_signal_in_order(srv: Server) -> None:
+    initiator = Peer.open(srv.url)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    assert initiator.sse.next().event == "join"
+    assert initiator.post(srv.url, {"n": 0}, cid=peer.cid).status_code == 200
+    assert peer.sse.next().json() == {"n": 0}
+    handle = last_id(peer.sse)
+    reset(peer.sse)
+    time.sleep(0.3)  # the server notices the reset
+    for n in range(1, 6):
+        assert initiator.post(srv.url, {"n": n}, cid=peer.cid).status_code == 200
+    assert initiator.post(srv.url, {"all": True}).status_code == 200
+    assert initiator.sse.next().json() == {"all": True}
+    with resume(f"{srv.url}/{initiator.id}", handle) as back:
+        assert back.status == 200
+        got = back.events(6)
+        assert [e.event for e in got] == ["signal"] * 6
+        assert [e.json() for e in got] == [{"n": n} for n in range(1, 6)] + [{"all": True}]
+        # Same cid and token: the peer's token still signs, the initiator saw no leave/join.
+        assert peer.post(srv.url, {"back": peer.cid}).status_code == 200
+        assert back.next().json() == {"back": peer.cid}
+        assert initiator.sse.next().json() == {"back": peer.cid}
+        assert initiator.sse.quiet(0.3) == []
+    initiator.close()
+
+
+def test_an_orderly_close_leaves_at_once(srv: Server) -> None:
+    initiator = Peer.open(srv.url)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    initiator.sse.next()
+    handle = last_id(peer.sse)
+    peer.close()
+    leave = initiator.sse.next(timeout=2)
+    assert (leave.event, leave.json()["cid"]) == ("leave", peer.cid)
+    with resume(f"{srv.url}/{initiator.id}", handle) as back:
+        assert back.status == 204
+    initiator.close()
+
+
+def test_a_peer_that_does_not_come_back_leaves_after_the_grace(make_server) -> None:  # type: ignore[no-untyped-def]
+    grace = 2
+    srv = make_server({"resume_grace": grace})
+    initiator = Peer.open(srv.url)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    initiator.sse.next()
+    start = time.monotonic()
+    reset(peer.sse)
+    assert initiator.sse.quiet(grace - 0.5) == []
+    leave = initiator.sse.next(timeout=3)
+    assert (leave.event, leave.json()["cid"]) == ("leave", peer.cid)
+    assert time.monotonic() - start >= grace - 0.1
+    assert peer.post(srv.url, "late").status_code == 401
+    initiator.close()
+
+
+def test_an_initiator_in_its_grace_keeps_the_swarm(srv: Server) -> None:
+    initiator = Peer.open(srv.url)
+    handle = last_id(initiator.sse)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    assert initiator.sse.next().event == "join"
+    handle = last_id(initiator.sse)
+    reset(initiator.sse)
+    time.sleep(0.3)
+    # The swarm is up: peers still signal, and a newcomer joins.
+    assert peer.post(srv.url, "while away").status_code == 200
+    assert peer.sse.next().json() == "while away"
+    late = Peer.open(f"{srv.url}/{peer.id}")
+    # Back on the create URL, as an EventSource reconnects to the URL it opened.
+    with resume(srv.url, handle) as back:
+        assert back.status == 200
+        got = back.events(2)
+        assert [(e.event, e.json()) for e in got] == [
+            ("signal", "while away"),
+            ("join", {"id": peer.id, "cid": late.cid}),
+        ]
+        assert peer.sse.quiet(0.2) == []  # the swarm never ended
+    late.close()
+    peer.close()
+
+
+def test_a_reconnect_that_cannot_resume_gets_204(srv: Server) -> None:
+    initiator = Peer.open(srv.url)
+    handle = last_id(initiator.sse)
+    other = Peer.open(srv.url)
+    before = srv.stats()["swarms"]
+    bogus = "1" + "0" * 30 + "1"
+    for url, value in [
+        (srv.url, bogus),  # unknown: no new swarm is made behind the client's back
+        (srv.url, "not-an-id"),
+        (f"{srv.url}/{other.id}", handle),  # a handle of another swarm
+        (f"{srv.url}/{initiator.id}", handle[:-1] + "9"),  # a position never sent
+    ]:
+        with resume(url, value) as back:
+            assert back.status == 204, (url, value)
+    assert srv.stats()["swarms"] == before
+    initiator.close()
+    other.close()
+
+
+def test_a_resume_replaces_a_connection_not_yet_found_lost(srv: Server) -> None:
+    initiator = Peer.open(srv.url)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    initiator.sse.next()
+    handle = last_id(peer.sse)
+    # The client gave up on its connection; the server has not noticed yet.
+    with resume(f"{srv.url}/{initiator.id}", handle) as back:
+        assert back.status == 200
+        assert peer.sse.wait_end(2)  # the old stream is ended by the server
+        assert initiator.post(srv.url, "x", cid=peer.cid).status_code == 200
+        assert back.next().json() == "x"
+        assert initiator.sse.quiet(0.3) == []  # no leave for the replaced stream
+    initiator.close()
+
+
+def test_without_grace_there_are_no_ids_and_a_reset_leaves(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server({"resume_grace": 0})
+    initiator = Peer.open(srv.url)
+    peer = Peer.open(f"{srv.url}/{initiator.id}")
+    initiator.sse.next()
+    assert b"\nid: " not in bytes(peer.sse.raw)
+    reset(peer.sse)
+    assert initiator.sse.next(timeout=2).event == "leave"
+    initiator.close()
+
+
+# -- a WHATWG EventSource through a connection that breaks ------------------------------
+
+
+class CuttingProxy:
+    """Forwards TCP to ``port`` from one thread; :meth:`cut` resets every connection."""
+
+    def __init__(self, port: int) -> None:
+        self.target = port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.other: dict[socket.socket, socket.socket] = {}
+        self.cut_requested = threading.Event()
+        self.cut_done = threading.Event()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.listener, selectors.EVENT_READ)
+            while not self.stopped:
+                if self.cut_requested.is_set():
+                    for sock in list(self.other):
+                        sel.unregister(sock)
+                        # Linger 0: close() sends a reset, as a dropped network
+                        # connection looks to both ends.
+                        sock.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                        sock.close()
+                    self.other.clear()
+                    self.cut_requested.clear()
+                    self.cut_done.set()
+                for key, _ in sel.select(0.05):
+                    sock = key.fileobj
+                    assert isinstance(sock, socket.socket)
+                    if sock is self.listener:
+                        client, _ = self.listener.accept()
+                        upstream = socket.create_connection(("127.0.0.1", self.target))
+                        self.other[client], self.other[upstream] = upstream, client
+                        sel.register(client, selectors.EVENT_READ)
+                        sel.register(upstream, selectors.EVENT_READ)
+                        continue
+                    if sock not in self.other:
+                        continue
+                    try:
+                        data = sock.recv(65536)
+                    except OSError:
+                        data = b""
+                    peer = self.other[sock]
+                    if data:
+                        peer.sendall(data)
+                        continue
+                    for end in (sock, peer):
+                        sel.unregister(end)
+                        self.other.pop(end, None)
+                        end.close()
+            for sock in self.other:
+                sock.close()
+            self.listener.close()
+
+    def cut(self) -> None:
+        self.cut_done.clear()
+        self.cut_requested.set()
+        assert self.cut_done.wait(5)
+
+    def close(self) -> None:
+        self.stopped = True
+        self.thread.join(5)
+
+
+def need_node() -> None:
+    if shutil.which("node") is None or not (COMPAT / "node_modules").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail("Node and tests/compat/node_modules are required under CI")
+        pytest.skip("needs node and `npm ci` in tests/compat")
+
+
+def node_process(*args: str) -> subprocess.Popen[str]:
+    need_node()
+    return subprocess.Popen(
+        ["node", str(COMPAT / "resume_peer.js"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def read_row(proc: subprocess.Popen[str]) -> Any:
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else "node exited"
+    return json.loads(line)
+
+
+def test_an_eventsource_resumes_by_itself_after_its_connection_is_cut(srv: Server) -> None:
+    initiator = Peer.open(srv.url)
+    proxy = CuttingProxy(srv.port)
+    node = node_process(f"http://127.0.0.1:{proxy.port}{srv.prefix}/{initiator.id}")
+    try:
+        kind, data = read_row(node)
+        assert kind == "connect"
+        cid = data["cid"]
+        assert initiator.sse.next().json()["cid"] == cid
+        assert initiator.post(srv.url, {"n": 0}, cid=cid).status_code == 200
+        assert read_row(node) == ["signal", {"n": 0}]
+        proxy.cut()
+        assert read_row(node) == ["error", None]
+        for n in range(1, 4):  # while the browser is away
+            assert initiator.post(srv.url, {"n": n}, cid=cid).status_code == 200
+        assert read_row(node) == ["open", None]  # reconnected by itself
+        assert [read_row(node) for _ in range(3)] == [["signal", {"n": n}] for n in (1, 2, 3)]
+        assert initiator.sse.quiet(0.3) == []  # no leave, no join
+    finally:
+        node.kill()
+        node.wait(5)
+        proxy.close()
+        initiator.close()
+
+
+def test_moshpit_style_clients_read_frames_with_ids(srv: Server) -> None:
+    """moshpit JSON-parses every line after a frame's first: the ids must parse."""
+    need_node()
+    done = subprocess.run(
+        ["node", str(COMPAT / "moshpit_lines.js"), srv.url],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert rows[0][0] == "connect" and rows[-1][:2] == ["peer", "signal"]
