@@ -301,7 +301,7 @@ def test_slow_client_is_dropped_others_keep_receiving(make_server) -> None:  # t
 def test_a_client_reading_late_gets_every_frame_whole_and_in_order(make_server) -> None:  # type: ignore[no-untyped-def]
     """Frames published while the client does not read fill its buffers: some
     are written in part, their rest must go out before any later frame."""
-    srv = make_server({"queue_size": 200})
+    srv = make_server({"queue_size": 200, "queue_bytes": "8mb"})
     with subscribe(srv, "/channels/late", rcvbuf=4096) as late:
         wait_count(srv, "late", 1)
         # 6 MB in all, past what the socket buffers of both ends hold, in
