@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from ..errors import BrokerUnavailable, SwarmFull  # re-exported for brokers
+from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
 from ..hub import LocalHub, Stream
 
 

@@ -12,13 +12,13 @@ from typing import Any, NamedTuple
 import gevent
 
 from .. import framing, signals
+from ..errors import SwarmFull
 from ..hub import Stream
 from . import (
     Broker,
     Delivery,
     Membership,
     Replay,
-    SwarmFull,
     format_event_id,
     new_epoch,
     new_id,
