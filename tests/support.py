@@ -1,4 +1,5 @@
-"""Test support: free ports, servers in subprocesses, and a raw-socket SSE reader.
+"""Test support: the raw-socket SSE reader and peer, and (re-exported from
+:mod:`tests.servers`, which owns every live server) the server helpers.
 
 The reader speaks HTTP/1.1 over a plain socket and keeps every byte it
 received, so tests can check frames byte for byte, and it parses events as
@@ -8,228 +9,32 @@ the WHATWG EventSource does.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import os
-import shutil
-import signal as os_signal
 import socket
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-#: The suite runs again under other servers and settings in CI: a worker class,
-#: and settings merged into every test server's (e.g. {"fast_path": true}).
-WORKER = os.environ.get("SIGNAL_TEST_WORKER", "gevent")
-OPTIONS: dict[str, Any] = json.loads(os.environ.get("SIGNAL_TEST_OPTIONS", "{}"))
-#: "redis": every test server is two server processes sharing a Redis broker,
-#: and each request goes to the next one (see :class:`Pair`).
-BROKER = os.environ.get("SIGNAL_TEST_BROKER", "memory")
-PAIRED = BROKER == "redis"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for_port(
-    port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 15
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
-
-
-@dataclass
-class Server:
-    """A server process on a free port; ``url`` is the hub's base URL."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    prefix: str
-    log: Path
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return self.origin + self.prefix
-
-    def worker_pids(self) -> list[int]:
-        out = subprocess.run(
-            ["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False
-        ).stdout
-        return [int(p) for p in out.split()]
-
-    def stop(self, sig: int = os_signal.SIGTERM, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def fired(self) -> list[dict[str, Any]]:
-        return requests.get(self.origin + "/_test/fired", timeout=5).json()  # type: ignore[no-any-return]
-
-    def stats(self, channel: str | None = None) -> dict[str, Any]:
-        params = {"channel": channel} if channel else {}
-        return requests.get(self.origin + "/_test/stats", params=params, timeout=5).json()  # type: ignore[no-any-return]
-
-    def count(self, channel: str | None = None) -> int:
-        """Open streams in the server, all or on one channel."""
-        return int(self.stats(channel)["count"])
-
-
-class Pair:
-    """Two server processes sharing one Redis, standing in for one :class:`Server`.
-
-    Each use of ``url`` or ``origin`` names the next process, so a test's
-    requests alternate between them: what one process does must be seen by
-    the other. Counts and fired signals are the two processes' together.
-    """
-
-    def __init__(self, servers: list[Server]) -> None:
-        self.servers = servers
-        self.prefix = servers[0].prefix
-        self.port = servers[0].port
-        self.proc = servers[0].proc
-        self._turn = itertools.cycle(servers)
-
-    @property
-    def url(self) -> str:
-        return next(self._turn).url
-
-    @property
-    def origin(self) -> str:
-        return next(self._turn).origin
-
-    def worker_pids(self) -> list[int]:
-        return [pid for srv in self.servers for pid in srv.worker_pids()]
-
-    def stop(self, sig: int = os_signal.SIGTERM, timeout: float = 10) -> int:
-        return max(srv.stop(sig, timeout) for srv in self.servers)
-
-    def fired(self) -> list[dict[str, Any]]:
-        return [item for srv in self.servers for item in srv.fired()]
-
-    def stats(self, channel: str | None = None) -> dict[str, Any]:
-        each = [srv.stats(channel) for srv in self.servers]
-        return {k: sum(s[k] for s in each) for k, v in each[0].items() if isinstance(v, int)}
-
-    def count(self, channel: str | None = None) -> int:
-        return sum(srv.count(channel) for srv in self.servers)
-
-
-def start_hub(
-    tmp_path: Path,
-    settings: dict[str, Any] | None = None,
-    *,
-    redis_url: str | None = None,
-    **kw: Any,
-) -> Server | Pair:
-    """A server, or under ``SIGNAL_TEST_BROKER=redis`` a :class:`Pair` on ``redis_url``."""
-    if not PAIRED:
-        return start_server(tmp_path, settings, **kw)
-    assert redis_url is not None
-    shared = {
-        "broker_url": redis_url,
-        "redis_prefix": f"t{uuid.uuid4().hex[:10]}:",
-        **(settings or {}),
-    }
-    servers: list[Server] = []
-    try:
-        for _ in range(2):
-            servers.append(start_server(tmp_path, shared, **kw))
-    except Exception:
-        for srv in servers:
-            srv.stop()
-        raise
-    return Pair(servers)
-
-
-def start_server(
-    tmp_path: Path,
-    settings: dict[str, Any] | None = None,
-    *,
-    server: str = "gunicorn",
-    workers: int = 1,
-    worker_class: str | None = None,
-    port: int | None = None,
-    extra_env: dict[str, str] | None = None,
-    extra_args: Sequence[str] = (),
-) -> Server:
-    """Start tests.apps:create_app under gunicorn (or gevent's WSGIServer) and wait for it.
-
-    ``extra_args`` go to gunicorn's command line.
-    """
-    settings = {**OPTIONS, **(settings or {})}
-    port = port or free_port()
-    env = {**os.environ, "SIGNAL_TEST_SETTINGS": json.dumps(settings), **(extra_env or {})}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    if server == "gunicorn":
-        cmd = [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "-k",
-            worker_class or WORKER,
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            str(workers),
-            "--worker-connections",
-            "5000",
-            "--graceful-timeout",
-            "2",
-            "--log-level",
-            "warning",
-            *extra_args,
-            "tests.apps:create_app()",
-        ]
-    else:
-        cmd = [sys.executable, "-m", "tests.pywsgi_server", str(port)]
-    log = tmp_path / f"server-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc)
-    except Exception:
-        proc.kill()
-        raise RuntimeError(f"server did not start:\n{log.read_text()}") from None
-    srv = Server(proc, port, settings.get("url_prefix", "/signal"), log)
-    if workers > 1:
-        deadline = time.monotonic() + 10
-        while len(srv.worker_pids()) < workers and time.monotonic() < deadline:
-            time.sleep(0.05)
-    return srv
-
-
-def have_redis_server() -> bool:
-    return shutil.which("redis-server") is not None
-
+from tests.servers import (  # noqa: F401 - the names tests import from here
+    ROOT,
+    Pair,
+    Process,
+    Server,
+    Stack,
+    free_port,
+    have_redis_server,
+    start_command,
+    start_gunicorn,
+    start_hub,
+    start_pair,
+    start_server,
+    wait_for_port,
+)
 
 # -- SSE over a raw socket -------------------------------------------------------------
 

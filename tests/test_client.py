@@ -15,8 +15,8 @@ import pytest
 
 from flask_signal.client import ConnectionLost, Peer, SignalError, SignalTimeout
 from flask_signal.sse import Event, SSEParser, parse
-from tests.support import ROOT, free_port, wait_for_port
-from tests.test_command import Command, command  # noqa: F401 - the fixture
+from tests.servers import ROOT, free_port, start_command
+from tests.servers import Process as Command
 
 # -- the SSE parser --------------------------------------------------------------------
 
@@ -139,24 +139,9 @@ TIMEOUT = (5.0, 5.0)
 @pytest.fixture(scope="module")
 def hub_command(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Command]:
     """One ``flask-signal`` (quick pings) shared by this module's tests."""
-    port = free_port()
     log = tmp_path_factory.mktemp("hub") / "command.log"
-    argv = [
-        sys.executable,
-        "-m",
-        "flask_signal",
-        "-p",
-        str(port),
-        "--ping",
-        "0.2",
-        "--limit",
-        "1kb",
-    ]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    cmd = Command(proc, port, log)
+    cmd = start_command("--ping", "0.2", "--limit", "1kb", log=log)
     try:
-        wait_for_port(port, proc)
         yield cmd
     finally:
         cmd.stop()  # SIGTERM, then SIGKILL if it does not exit
@@ -371,7 +356,7 @@ def test_keepalive_comments_do_not_break_reading(peers: Callable[..., Peer]) -> 
     assert next_signal(iter(owner)) == {"after": "pings"}
 
 
-def test_silent_stream_times_out(command: Callable[..., Command]) -> None:  # noqa: F811
+def test_silent_stream_times_out(command: Callable[..., Command]) -> None:
     cmd = command("--ping", "0")
     owner = Peer(cmd.url, timeout=(5, 0.5)).connect()
     closes: list[object] = []
@@ -398,7 +383,7 @@ def test_context_manager(peers: Callable[..., Peer]) -> None:
     assert list(joined) == []  # the swarm ended with its initiator
 
 
-def test_hub_killed_mid_stream_raises(command: Callable[..., Command]) -> None:  # noqa: F811
+def test_hub_killed_mid_stream_raises(command: Callable[..., Command]) -> None:
     cmd = command()
     owner = Peer(cmd.url, timeout=(5, 30)).connect()
     closes: list[object] = []

@@ -10,8 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,39 +18,8 @@ import requests
 
 from flask_signal import __version__
 from flask_signal.client import Peer, SignalError
-from tests.redis_support import RedisServer, own_redis  # noqa: F401 - the fixture
-from tests.support import ROOT, free_port, wait_for_port
-
-
-@dataclass
-class Command:
-    """``python -m flask_signal`` on a free port."""
-
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-    prefix: str = ""
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}{self.prefix}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def worker_pids(self) -> list[int]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        return [int(pid) for pid in children.read_text().split()]
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+from tests.servers import ROOT, RedisServer, free_port
+from tests.servers import Process as Command
 
 
 def run_command(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
@@ -64,36 +32,6 @@ def run_command(*args: str, timeout: float = 20) -> subprocess.CompletedProcess[
         timeout=timeout,
         check=False,
     )
-
-
-@pytest.fixture
-def command(tmp_path: Path) -> Iterator[Callable[..., Command]]:
-    """Start commands for one test; every one is stopped, or killed, afterwards."""
-    started: list[Command] = []
-
-    def start(*args: str, prefix: str = "", port: int | None = None) -> Command:
-        port = port or free_port()
-        log = tmp_path / f"command-{port}.log"
-        argv = [sys.executable, "-m", "flask_signal", "-p", str(port), "--log-level", "warning"]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([*argv, *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        cmd = Command(proc, port, log, prefix)
-        started.append(cmd)
-        try:
-            wait_for_port(port, proc)
-        except Exception:
-            raise RuntimeError(f"command did not start:\n{cmd.output()}") from None
-        # Workers are forked just after the port is bound; wait for one.
-        deadline = time.monotonic() + 10
-        while not cmd.worker_pids() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return cmd
-
-    yield start
-    for cmd in started:
-        if cmd.proc.poll() is None:
-            cmd.proc.kill()
-            cmd.proc.wait(5)
 
 
 def privileged_free_port() -> int:
@@ -195,7 +133,7 @@ def test_prefix(command: Callable[..., Command]) -> None:
 
 def test_several_workers_with_redis(
     command: Callable[..., Command],
-    own_redis: RedisServer,  # noqa: F811
+    own_redis: RedisServer,
 ) -> None:
     cmd = command("-w", "2", "--broker", own_redis.url)
     deadline = time.monotonic() + 10

@@ -1,15 +1,13 @@
 """koa-signal's own clients, unchanged, against the hub: request + ssejson, moshpit-style
 line parsing, and a WHATWG EventSource (the npm eventsource package, as browsers behave).
 
-The Node packages are installed by .ci/run (npm ci in tests/compat); on a machine
-without Node these tests skip, under CI they fail.
+The Node packages are installed by the ``node_modules`` fixture (``npm ci`` in
+tests/compat when missing); without Node these tests fail under CI and skip elsewhere.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,13 +16,10 @@ import pytest
 from tests.support import Server
 
 COMPAT = Path(__file__).parent / "compat"
+pytestmark = pytest.mark.usefixtures("node_modules")
 
 
 def node_script(name: str, *args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("node") is None or not (COMPAT / "node_modules").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail("Node and tests/compat/node_modules are required under CI")
-        pytest.skip("needs node and `npm ci` in tests/compat")
     return subprocess.run(
         ["node", str(COMPAT / name), *args], capture_output=True, text=True, timeout=20
     )

@@ -7,8 +7,6 @@ with one process; killing a server (``kill -9``) or Redis is survived.
 
 from __future__ import annotations
 
-import os
-import signal as os_signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,10 +32,7 @@ def settings(url: str, prefix: str) -> dict[str, Any]:
 
 def kill_9(server: Server) -> None:
     """Kill the master and its workers at once, as a lost host would be."""
-    pids = server.worker_pids()
-    for pid in pids:
-        os.kill(pid, os_signal.SIGKILL)
-    server.stop(os_signal.SIGKILL)
+    server.kill()
 
 
 def test_swarm_across_servers_and_workers(

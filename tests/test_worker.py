@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -16,41 +15,14 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.servers import ROOT, SIGNAL_WORKER, Process, free_port, start_gunicorn
+
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
-WORKER = "flask_signal.worker.GeventWorker"
+WORKER = SIGNAL_WORKER
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Gunicorn:
+class Gunicorn(Process):
     """A gunicorn master with one GeventWorker, in a subprocess."""
-
-    def __init__(self, app: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [GUNICORN, "-k", WORKER, "-w", "1", "-b", f"127.0.0.1:{self.port}",
-             "--graceful-timeout", "5", "--keep-alive", "5", *args, app],
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.stderr()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("gunicorn did not start listening")
 
     def connect(self) -> Client:
         return Client(socket.create_connection(("127.0.0.1", self.port), timeout=5))
@@ -62,20 +34,11 @@ class Gunicorn:
             assert status == 200, body
             return json.loads(body)
 
-    def stderr(self) -> str:
-        return self.proc.stderr.read().decode() if self.proc.stderr else ""
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
-        return self.proc.returncode
+def gunicorn(app: str, *args: str, env: dict[str, str] | None = None) -> Gunicorn:
+    """gunicorn with one GeventWorker serving ``app``; ``args`` go to its command line."""
+    args = ("--graceful-timeout", "5", "--keep-alive", "5", *args)
+    return start_gunicorn(app, *args, worker_class=WORKER, env=env, cls=Gunicorn)
 
 
 class Client:
@@ -169,7 +132,7 @@ def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(logs: Path) -> Iterator[Gunicorn]:
     hooks = logs / "hooks.py"
     hooks.write_text(f"LOG = {str(logs / 'hooks.log')!r}\n" + HOOKS)
-    srv = Gunicorn(
+    srv = gunicorn(
         "tests.worker_apps:app", "-c", str(hooks), "--access-logfile", str(logs / "access.log")
     )
     yield srv
@@ -404,7 +367,7 @@ def test_bad_requests(server: Gunicorn) -> None:
 
 
 def test_flask_app_runs_unchanged() -> None:
-    srv = Gunicorn("tests.worker_apps:flask", "--keep-alive", "1", env={"SCRIPT_NAME": "/mnt"})
+    srv = gunicorn("tests.worker_apps:flask", "--keep-alive", "1", env={"SCRIPT_NAME": "/mnt"})
     try:
         with srv.connect() as client:
             payload = json.dumps({"a": [1, 2]}).encode()
@@ -436,7 +399,7 @@ def test_flask_app_runs_unchanged() -> None:
 
 
 def test_sigterm_lets_in_flight_requests_finish_and_exits_0() -> None:
-    srv = Gunicorn("tests.worker_apps:app", "--max-requests", "0")
+    srv = gunicorn("tests.worker_apps:app", "--max-requests", "0")
     try:
         idle = srv.connect()  # a keep-alive connection between requests
         idle.send(get("/environ"))
@@ -455,7 +418,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_exits_0() -> None:
 
 
 def test_sigterm_ends_endless_streams_after_the_graceful_timeout() -> None:
-    srv = Gunicorn("tests.worker_apps:app", "--graceful-timeout", "1")
+    srv = gunicorn("tests.worker_apps:app", "--graceful-timeout", "1")
     try:
         stream = srv.connect()
         stream.send(get("/ticks"))
@@ -471,7 +434,7 @@ def test_sigterm_ends_endless_streams_after_the_graceful_timeout() -> None:
 
 
 def test_max_requests_restarts_the_worker() -> None:
-    srv = Gunicorn("tests.worker_apps:app", "--max-requests", "3")
+    srv = gunicorn("tests.worker_apps:app", "--max-requests", "3")
     try:
         first = srv.get("/state")["pid"]
         for _ in range(2):
