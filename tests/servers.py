@@ -95,9 +95,7 @@ P = TypeVar("P", bound="Process")
 class Process:
     """A server in a subprocess, listening on 127.0.0.1:``port``; output goes to ``log``."""
 
-    def __init__(
-        self, proc: subprocess.Popen[bytes], port: int, log: Path, prefix: str = ""
-    ) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, prefix: str, log: Path) -> None:
         self.proc = proc
         self.port = port
         self.log = log
@@ -125,7 +123,7 @@ class Process:
             proc = subprocess.Popen(
                 list(argv), cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT
             )
-        server = cls(proc, port, log, prefix)
+        server = cls(proc, port, prefix, log)
         try:
             wait_for_port(port, proc, timeout)
             server.wait_workers(workers)
@@ -251,9 +249,11 @@ def start_server(
     port: int | None = None,
     extra_env: dict[str, str] | None = None,
     extra_args: Sequence[str] = (),
+    app: str = "tests.apps:create_app()",
 ) -> Server:
-    """Serve ``tests.apps:create_app(**settings)`` under gunicorn (or, with
-    ``server="pywsgi"``, gevent's ``WSGIServer``); ``extra_args`` go to gunicorn."""
+    """Serve ``app`` (``SIGNAL_TEST_SETTINGS`` holds ``settings``) under gunicorn or, with
+    ``server="pywsgi"``, ``tests.apps`` under gevent's ``WSGIServer``; ``extra_args`` go to
+    gunicorn."""
     settings = settings or {}
     port = port or free_port()
     env = {"SIGNAL_TEST_SETTINGS": json.dumps(settings), **(extra_env or {})}
@@ -261,7 +261,7 @@ def start_server(
         args = ["--worker-connections", "5000", "--graceful-timeout", "2"]
         args += ["--log-level", "warning", *extra_args]
         argv = gunicorn_argv(
-            "tests.apps:create_app()",
+            app,
             *args,
             port=port,
             worker_class=worker_class or "gevent",

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,7 +20,7 @@ import pytest
 import requests
 
 from tests.browser_app import page_html
-from tests.support import ROOT, Server, free_port, wait_for_port
+from tests.support import Server, free_port, start_server
 
 CHROMIUM = os.environ.get("SIGNAL_TEST_CHROMIUM", "/usr/bin/chromium")
 FLAGS = [
@@ -91,24 +89,9 @@ def serve(
     env: dict[str, str] | None = None,
 ) -> Server:
     """``app`` under gunicorn's gevent worker on a free port."""
-    port = free_port()
-    environ = {
-        **os.environ,
-        "SIGNAL_TEST_SETTINGS": json.dumps(settings or {}),
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        **(env or {}),
-    }
-    cmd = [sys.executable, "-m", "gunicorn", "-k", "gevent", "-b", f"127.0.0.1:{port}"]
-    cmd += ["--graceful-timeout", "1", "--log-level", "warning", app]
-    log = tmp_path / f"server-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, proc)
-    except Exception:
-        proc.kill()
-        raise RuntimeError(f"server did not start:\n{log.read_text()}") from None
-    return Server(proc, port, (settings or {}).get("url_prefix", "/signal"), log)
+    return start_server(
+        tmp_path, settings, app=app, extra_env=env, extra_args=["--graceful-timeout", "1"]
+    )
 
 
 @pytest.fixture
