@@ -35,9 +35,14 @@ from http.client import HTTPException
 from typing import Any, TypeVar, overload
 from urllib.parse import quote
 
-import requests
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
+try:
+    import requests
+    from urllib3.exceptions import HTTPError as Urllib3Error
+    from urllib3.exceptions import ReadTimeoutError
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "flask_signal.client needs requests: pip install 'flask-signal[client]'"
+    ) from exc
 
 from .sse import SSEParser
 

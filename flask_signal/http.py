@@ -26,7 +26,12 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-import httptools
+try:
+    import httptools
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "flask_signal's HTTP server needs httptools: pip install 'flask-signal[server]'"
+    ) from exc
 from gevent import GreenletExit, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
 
