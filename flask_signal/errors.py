@@ -12,6 +12,7 @@ This module is pure (no Flask, no I/O), so every layer may raise these.
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
@@ -74,14 +75,35 @@ class Overloaded(FlaskSignalError):
     """This process holds as many streams or swarms as it may; another may have room."""
 
 
-def answer_for(exc: FlaskSignalError, *, retry_after: int) -> Answer:
-    """The answer to a request that raised ``exc``."""
+def answer_for(
+    exc: FlaskSignalError,
+    *,
+    retry_after: int,
+    stream_headers: list[tuple[str, str]] | None = None,
+) -> Answer:
+    """The answer to a request that raised ``exc``.
+
+    ``stream_headers`` are given for a request that asked for a stream (a GET
+    that accepts ``text/event-stream``). A broker outage answers such a request
+    with an event stream that ends at once after a ``retry:`` hint: an
+    EventSource takes any other answer, a 503 included, as final and never
+    reconnects, whereas a stream that ends is reconnected by itself after the
+    hint (``SIGNAL_RETRY_AFTER`` seconds, spread by up to half as much again
+    so that a crowd of clients does not return all at once). Other requests
+    get 503 with ``Retry-After``.
+    """
     if isinstance(exc, Refusal):
         return exc.answer
     if isinstance(exc, BadRequest):
         return error(exc.status, exc.message)
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
+        if stream_headers is not None:
+            delay = max(retry_after, 1) * 1000 * random.uniform(1.0, 1.5)
+            body = framing.comment("signalling backend unavailable, retry later") + (
+                framing.retry(int(delay))
+            )
+            return Answer(200, stream_headers, (body,))
         return error(
             503,
             "signalling backend unavailable, retry later",

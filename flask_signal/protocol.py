@@ -167,14 +167,27 @@ class _Detach:
             signals.client_disconnected.send(self.sender, stream=self.stream)
 
 
+def wants_stream(environ: dict[str, Any]) -> bool:
+    """Whether a request asks for an event stream (as every EventSource does)."""
+    return environ["REQUEST_METHOD"] == "GET" and accepts_event_stream(environ.get("HTTP_ACCEPT"))
+
+
+def answer(st: AppState, environ: dict[str, Any], exc: FlaskSignalError) -> Answer:
+    """The answer to a request that raised ``exc`` (:func:`flask_signal.errors.answer_for`)."""
+    headers = (
+        st.stream_headers(environ.get("SERVER_PROTOCOL", "")) if wants_stream(environ) else None
+    )
+    return answer_for(exc, retry_after=st.settings.retry_after, stream_headers=headers)
+
+
 def answer_errors(handler: Callable[..., Answer]) -> Callable[..., Answer]:
     """Turn what a handler (called with the app's state first) raises into its answer."""
 
-    def guarded(st: AppState, *args: Any) -> Answer:
+    def guarded(st: AppState, environ: dict[str, Any], *args: Any) -> Answer:
         try:
-            return handler(st, *args)
+            return handler(st, environ, *args)
         except FlaskSignalError as exc:
-            return answer_for(exc, retry_after=st.settings.retry_after)
+            return answer(st, environ, exc)
 
     guarded.__name__ = handler.__name__
     guarded.__doc__ = handler.__doc__

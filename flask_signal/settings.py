@@ -264,7 +264,8 @@ class Settings:
         5,
         check=_int(0),
         doc="seconds a client is asked to wait before retrying: the `Retry-After` of a 503 "
-        "(broker outage, client limits)",
+        "(broker outage, client limits); for a stream asked for during a broker outage, "
+        "the `retry:` hint of the 200 that ends at once (spread up to half as much again)",
         cli=Option(
             ("--retry-after",), "seconds clients wait before retrying", metavar="SECONDS", parse=int
         ),

@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 from flask import Blueprint, Response, current_app, request
 
 from . import errors, framing, protocol
-from .errors import Answer, BadRequest, FlaskSignalError, answer_for
+from .errors import Answer, BadRequest, FlaskSignalError
 from .hub import Stream
 from .parsing import content_length, optional_str, parse_body, read_body
 from .state import AppState, app_state
@@ -50,7 +50,7 @@ def error(status: int, message: str, headers: Sequence[tuple[str, str]] = ()) ->
 
 def answer_error(exc: FlaskSignalError) -> Response:
     """The answer to ``exc`` (see :func:`flask_signal.errors.answer_for`)."""
-    return respond(answer_for(exc, retry_after=state().settings.retry_after))
+    return respond(protocol.answer(state(), request.environ, exc))
 
 
 # -- swarms ----------------------------------------------------------------------------

@@ -6,6 +6,12 @@ and then killed, so every Redis call fails as it would in production.
 
 from __future__ import annotations
 
+import json
+import queue
+import shutil
+import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from flask_signal import Signal
 from flask_signal.brokers.memory import MemoryBroker
 from flask_signal.brokers.redis import RedisBroker
 from flask_signal.state import app_state
-from tests.redis_support import RedisServer
+from tests.servers import RedisServer
 from tests.support import Server, start_server
 
 SSE = {"Accept": "text/event-stream"}
@@ -54,12 +60,41 @@ def outage_answer(response: requests.Response) -> tuple[int, str, str | None, An
     )
 
 
+def stream_outage_answer(response: requests.Response) -> tuple[int, str, list[str]]:
+    """Status, type and the frames' field names (the retry delay is spread at random)."""
+    lines = response.text.splitlines()
+    return (
+        response.status_code,
+        response.headers["Content-Type"],
+        [line.partition(":")[0] for line in lines],
+    )
+
+
+@pytest.mark.parametrize(
+    "path", ["/channels/room.a", "", "/abc123"], ids=["channel", "create", "join"]
+)
+def test_a_stream_asked_for_in_an_outage_ends_with_a_retry_hint(
+    dead_redis_hub: Server, path: str
+) -> None:
+    """200 and a ``retry:`` of SIGNAL_RETRY_AFTER seconds (up to half more), then the end:
+    what an EventSource reconnects after, where a 503 would end it for good."""
+    response = requests.get(dead_redis_hub.url + path, headers=SSE, timeout=10)
+    assert stream_outage_answer(response) == (
+        200,
+        "text/event-stream; charset=utf-8",
+        ["", "", "retry", ""],
+    )
+    retry = int(response.text.split("retry: ")[1].split("\n")[0])
+    assert RETRY_AFTER * 1000 <= retry <= RETRY_AFTER * 1500
+    assert "Retry-After" not in response.headers
+
+
 def test_declared_route_answers_an_outage_as_channels_do(dead_redis_hub: Server) -> None:
     """A ``@signal.stream`` route is not under the blueprint, yet answers alike (not 500 HTML)."""
     channel = requests.get(f"{dead_redis_hub.url}/channels/room.a", headers=SSE, timeout=10)
     declared = requests.get(f"{dead_redis_hub.origin}/rooms/a/feed", headers=SSE, timeout=10)
-    assert outage_answer(declared) == outage_answer(channel)
-    assert declared.headers["Content-Type"] == "application/json"
+    assert stream_outage_answer(declared) == stream_outage_answer(channel)
+    assert declared.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -128,3 +163,86 @@ def test_state_starts_its_broker_once() -> None:
 def test_state_of_an_app_without_the_extension() -> None:
     with pytest.raises(RuntimeError, match="init_app"):
         app_state(Flask("bare"))
+
+
+# -- a real EventSource through a real Redis outage --------------------------------------
+
+COMPAT = Path(__file__).parent / "compat"
+
+
+class Records:
+    """The JSON lines a Node script prints, read as they come."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def wait_for(self, timeout: float = 20, **match: Any) -> dict[str, Any]:
+        record = self.next(timeout, **match)
+        if record is None:
+            raise AssertionError(f"no {match} in {self.seen}")
+        return record
+
+    def next(self, timeout: float, **match: Any) -> dict[str, Any] | None:
+        """The first record like ``match`` within ``timeout`` seconds, else None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in self.seen:
+                if match.items() <= record.items():
+                    self.seen.remove(record)
+                    return record
+            try:
+                record = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return None
+            self.seen.append(record)
+
+
+def test_an_eventsource_reconnects_by_itself_once_redis_is_back(
+    tmp_path: Path, own_redis: RedisServer, node_modules: Path
+) -> None:
+    node = shutil.which("node")
+    assert node is not None  # node_modules fails or skips without it
+    srv = start_server(tmp_path, {"broker_url": own_redis.url, "retry_after": 1})
+    own_redis.kill()
+    proc = subprocess.Popen(
+        [node, str(COMPAT / "eventsource_outage.js"), srv.url, "30"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        records = Records(proc)
+        # Both are turned away and keep trying (CONNECTING, not CLOSED), twice.
+        for _ in range(2):
+            for source in ("channel", "swarm"):
+                assert records.wait_for(source=source, type="error")["readyState"] == 0
+        # A POST during the outage is still a 503.
+        refused = requests.post(f"{srv.url}/abc123", json={"token": "t"}, timeout=10)
+        assert refused.status_code == 503
+
+        own_redis.start()
+        # An EventSource reports "open" for the outage answers too: publish until
+        # the channel's stream is live again and delivers.
+        deadline = time.monotonic() + 20
+        message = None
+        while message is None and time.monotonic() < deadline:
+            body = {"channel": "outage", "data": "back"}
+            published = requests.post(f"{srv.origin}/_test/publish", json=body, timeout=10)
+            if published.status_code == 200:
+                message = records.next(source="channel", type="message", timeout=0.5)
+            else:
+                time.sleep(0.2)
+        assert message is not None and message["data"] == "back", records.seen
+        assert records.wait_for(source="swarm", type="connect")["id"]
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+        srv.stop()
