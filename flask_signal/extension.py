@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, current_app, has_app_context, url_for
 from werkzeug.exceptions import HTTPException
 
-from . import framing, views
+from . import drain, framing, views
 from .brokers import Broker, Delivery
 from .errors import FlaskSignalError
 from .settings import DEFAULTS as DEFAULTS  # re-exported: flask_signal.DEFAULTS
@@ -155,6 +155,16 @@ class Signal:
         graceful shutdown would otherwise wait its whole timeout for them.
         """
         self.broker.close()
+
+    def drain(self) -> int:
+        """Stop taking streams and end every open one with a jittered ``retry:``.
+
+        For a server's shutdown hook where the extension cannot find a gunicorn
+        worker to watch (see :mod:`flask_signal.drain`); returns how many
+        streams were ended. POSTs are still answered.
+        """
+        st = self._state()
+        return drain.drain(st.broker.hub, st.settings.drain_spread)
 
     def client_url(self, *, _external: bool = False) -> str:
         """The versioned URL of the browser client (``{prefix}/client.js?v=...``), long cached."""

@@ -216,6 +216,9 @@ class LocalHub:
         self.overflows = 0
         #: Set once this process drains: new streams are turned away.
         self.draining = False
+        #: Streams this process may hold (0: no bound); set from the server's
+        #: connection limit when known, so that POSTs always find a slot.
+        self.max_streams = 0
 
     def add(self, stream: Stream) -> None:
         self.streams.add(stream)

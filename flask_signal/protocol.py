@@ -15,7 +15,7 @@ from typing import Any
 
 from . import framing, signals
 from .brokers import Broker, BrokerUnavailable, Delivery, Membership
-from .errors import JSON, Answer, FlaskSignalError, Refusal, answer_for, error
+from .errors import JSON, Answer, FlaskSignalError, Overloaded, Refusal, answer_for, error
 from .hub import Stream, retry_frame, spread_retry
 from .parsing import (
     accepts_event_stream,
@@ -62,6 +62,10 @@ def check_stream_allowed(
     retry = [("Retry-After", str(limits.retry_after))]
     if limits.max_clients and st.broker.connection_count() >= limits.max_clients:
         raise Refusal(error(503, "too many clients on this server", retry))
+    bound = st.broker.hub.max_streams
+    if bound and st.broker.connection_count() >= bound:
+        log.warning("stream refused: %d streams open, the bound of this worker", bound)
+        raise Overloaded("too many streams on this server")
     if limits.channel_max_clients:
         for name in channels:
             if st.broker.connection_count(name) >= limits.channel_max_clients:
@@ -204,6 +208,8 @@ def base(st: AppState, environ: dict[str, Any], sender: Any) -> Answer:
         handle = resume_handle(st, environ)
         if handle is not None:  # an initiator's EventSource reconnecting
             return resume_stream(st, environ, sender, handle, None)
+        if st.settings.max_swarms and broker.swarm_count() >= st.settings.max_swarms:
+            raise Overloaded("too many swarms on this server")
         return open_stream(
             st,
             environ,

@@ -16,16 +16,15 @@ import importlib
 import os
 import pwd
 import resource
-import signal
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import gevent
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from . import drain
 from .extension import Signal
 from .settings import option_default, options
 
@@ -243,17 +242,9 @@ class HubApplication(BaseApplication):  # type: ignore[misc]
 
     def _post_worker_init(self, worker: Any) -> None:
         tune_gc()
-        previous = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum: int, frame: Any) -> None:
-            if callable(previous):
-                previous(signum, frame)
-            # In a greenlet, not in the handler: this may run in gevent's hub,
-            # where nothing may block, and a broker may do I/O to close.
-            gevent.spawn(end_streams, self.application)
-
-        signal.signal(signal.SIGTERM, on_term)
-        signal.siginterrupt(signal.SIGTERM, False)
+        # SIGTERM, SIGHUP and max_requests drain the worker's streams (see
+        # flask_signal.drain), which watches this worker.
+        drain.post_worker_init(worker)
 
     def _worker_int(self, worker: Any) -> None:
         end_streams(self.application)

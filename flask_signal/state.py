@@ -14,6 +14,7 @@ from typing import Any
 
 import gevent
 
+from . import drain
 from .brokers import Broker, from_url
 from .hub import LocalHub, keep_alive, watchdog
 from .settings import Settings
@@ -71,6 +72,14 @@ class AppState:
         self.started = True
         self.broker.start()
         settings = self.settings
+        worker = drain.find_worker()
+        if worker is not None:
+            drain.watch(worker, self.broker.hub, settings.drain_spread)
+            connections = drain.worker_connections(worker)
+            if connections and not settings.max_clients:
+                # Streams hold their connection: keep some of the worker's
+                # slots for POSTs, so signals still get through at capacity.
+                self.broker.hub.max_streams = connections - max(1, min(100, connections // 10))
         if settings.ping_interval > 0:
             gevent.spawn(keep_alive, self.broker.hub, settings.ping_interval)
         if settings.write_timeout or settings.max_stream_age:
