@@ -135,3 +135,13 @@ def test_drain_config_ends_streams_at_once(tmp_path: Path) -> None:
         assert time.monotonic() - started < 15  # well inside the 30 s graceful timeout
     finally:
         srv.stop()
+
+
+def test_architecture_page_names_every_module() -> None:
+    """The layer table keeps up with the package: a new module or subpackage is placed there."""
+    page = (DOCS / "architecture.md").read_text()
+    package = ROOT / "flask_signal"
+    names = [f"`{p.name}`" for p in package.glob("*.py") if not p.name.startswith("__")]
+    names += [f"`{p.name}/`" for p in package.iterdir() if (p / "__init__.py").is_file()]
+    missing = [name for name in names if name not in page]
+    assert not missing, f"docs/architecture.md does not place {missing}"
