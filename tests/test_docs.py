@@ -8,7 +8,6 @@ against a real server.
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import ROOT, Process, start_command, start_gunicorn, start_server
+from tests.servers import ROOT, Process, start_command, start_gunicorn
 from tests.support import SSE, Peer
 
 DOCS = ROOT / "docs"
@@ -116,25 +115,6 @@ def test_readme_app_runs() -> None:
     exec(compile(code, "README.md", "exec"), namespace)
     app = namespace["app"]
     assert app.test_client().post("/scores").json == {"ok": True}  # type: ignore[attr-defined]
-
-
-def test_drain_config_ends_streams_at_once(tmp_path: Path) -> None:
-    """The deployment page's gunicorn.conf.py: SIGTERM ends open streams, not the timeout."""
-    (code,) = [
-        c for _, c in blocks(DOCS / "deployment.md", "{code-block} python") if "end_streams" in c
-    ]
-    conf = tmp_path / "gunicorn.conf.py"
-    conf.write_text(code)
-    srv = start_server(tmp_path, extra_args=["-c", str(conf), "--graceful-timeout", "30"])
-    try:
-        peer = Peer.open(srv.url)
-        started = time.monotonic()
-        srv.proc.send_signal(signal.SIGTERM)
-        assert peer.sse.wait_end(timeout=10)
-        assert srv.proc.wait(20) == 0
-        assert time.monotonic() - started < 15  # well inside the 30 s graceful timeout
-    finally:
-        srv.stop()
 
 
 def test_architecture_page_names_every_module() -> None:
