@@ -83,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=RESULTS,
         help=f"results file (default {RESULTS.relative_to(ROOT)})",
     )
+    g.add_argument(
+        "--markdown", type=Path, metavar="FILE", help="also write the tables as Markdown"
+    )
     g.add_argument("--note", default="", help="a remark stored in the results' meta")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress on stderr")
     return p.parse_args(argv)
@@ -148,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(doc, indent=2) + "\n")
     print("\n" + sidebyside.table(results, targets), file=sys.stderr)
+    if args.markdown:
+        args.markdown.write_text(sidebyside.markdown(results, targets))
     failed = [
         r
         for r in results

@@ -171,6 +171,7 @@ def shape(
             "expected": n,
             "failed": raw["failed"],
             "joins_seen": raw.get("joins_seen"),
+            "errors": raw.get("errors") or {},
             "ok": raw["connected"] == n and not raw["failed"] and not raw.get("timed_out"),
         }
     elif scenario == "fanout":

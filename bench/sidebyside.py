@@ -101,7 +101,6 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     redis = [r["redis_connections_per_worker"] for r in runs if "redis_connections_per_worker" in r]
     if redis:
         merged["redis_connections_per_worker"] = [max(c) for c in zip(*redis, strict=True)]
-    merged.pop("raw", None)
     if len(runs) > 1 and merged["status"] == "ok":
         merged["raw"] = [r.get("raw") for r in runs]
     return merged
@@ -217,3 +216,40 @@ def table(results: list[dict[str, Any]], target_names: list[str]) -> str:
                 f"{r['redis_connections_per_worker']}"
             )
     return "\n".join([*lines, "", *notes])
+
+
+def number(value: float) -> str:
+    """Three significant figures, without an exponent."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def markdown(results: list[dict[str, Any]], target_names: list[str]) -> str:
+    """The figures and their ratios to the ceiling and to koa-signal as Markdown tables."""
+    by = {(r["target"], r["scenario"]): r for r in results}
+    rel = ratios(results)
+    shown = [n for n in target_names if any(r["target"] == n for r in results)]
+    head = "| | " + " | ".join(f"`{n}`" for n in shown) + " |\n|---" + "|---" * len(shown) + "|"
+    out = []
+    for caption, ref in (
+        ("measured", None),
+        ("ratio to the ceiling", "ceiling"),
+        ("ratio to koa-signal", "koa-signal"),
+    ):
+        if ref is not None and ref not in rel:
+            continue
+        rows = [f"{caption}:", "", head]
+        for figure, (scenario, title, _) in FIGURES.items():
+            cells = []
+            for name in shown:
+                r = by.get((name, scenario))
+                if r is None or r["status"] != "ok":
+                    cells.append("—" if r is None else r["status"])
+                elif ref is None:
+                    mark = " (contended)" if r["cpu"].get("contended") else ""
+                    cells.append(f"{number(r['metrics'][figure])}{mark}")
+                else:
+                    value = rel[ref].get(name, {}).get(figure)
+                    cells.append("—" if value is None else f"{value:.2f}")
+            rows.append(f"| {title} | " + " | ".join(cells) + " |")
+        out.append("\n".join(rows))
+    return "\n\n".join(out) + "\n"

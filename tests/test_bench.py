@@ -171,6 +171,13 @@ def test_every_target_side_by_side_with_the_load_generator() -> None:
     assert set(ratios["ceiling"]["gunicorn"]) == set(sidebyside.FIGURES)
     table = sidebyside.table(results, names)
     assert "/ ceiling" in table and "Redis connections per worker" in table
+    tables = sidebyside.markdown(results, names).split("\n\n")
+    assert [t.splitlines()[0] for t in tables if t.endswith(":")] == [
+        "measured:",
+        "ratio to the ceiling:",
+    ]
+    rows = [line for line in "\n".join(tables).splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 * (1 + len(sidebyside.FIGURES))
 
 
 def test_own_generator_and_an_unavailable_koa_signal(
