@@ -1,0 +1,147 @@
+"""Faults against real servers: clients that stop reading, streams that outlive
+their bound, swarms and workers at capacity, senders that lie about who they are.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.support import SSE, Peer, start_server
+
+pytestmark = pytest.mark.single_process
+
+
+def wait_for(predicate, timeout: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_a_peer_that_stops_reading_is_cut_at_the_write_deadline(tmp_path: Path) -> None:
+    srv = start_server(
+        tmp_path, {"write_timeout": 1, "queue_bytes": "64mb", "queue_size": 100000, "limit": "1mb"}
+    )
+    try:
+        initiator = Peer.open(srv.url)
+        stuck = Peer.open(f"{srv.url}/{initiator.id}", rcvbuf=4096)
+        assert initiator.sse.next().event == "join"
+        big = "x" * 900_000
+        start = time.monotonic()
+        # More than both ends' socket buffers hold: a server write blocks.
+        for _ in range(40):
+            status = initiator.post(srv.url, big, cid=stuck.cid).status_code
+            if status == 404:  # cut already: no such peer any more
+                break
+            assert status == 200
+        leave = initiator.sse.next(timeout=10)
+        assert (leave.event, leave.json()["cid"]) == ("leave", stuck.cid)
+        assert time.monotonic() - start < 10
+        assert srv.stats()["overflows"] == 0  # the deadline, not the queue bound
+    finally:
+        srv.stop()
+
+
+def test_a_stream_past_its_lifetime_ends_with_a_jittered_retry(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"max_stream_age": 1, "drain_spread": 2})
+    try:
+        streams = [SSE.open(f"{srv.url}/channels/aging") for _ in range(4)]
+        start = time.monotonic()
+        for sse in streams:
+            assert sse.wait_end(4)
+        assert time.monotonic() - start < 3
+        retries = [int(re.findall(rb"retry: (\d+)", bytes(sse.raw))[-1]) for sse in streams]
+        assert all(250 <= value <= 2250 for value in retries) and len(set(retries)) > 1
+    finally:
+        srv.stop()
+
+
+def test_a_stream_is_bounded_in_unsent_bytes_not_frames(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"queue_bytes": "64kb", "limit": "64kb", "direct_writes": False})
+    try:
+        slow = SSE.open(f"{srv.url}/channels/bulk", rcvbuf=4096)
+        wait_for(lambda: srv.count("bulk") == 1)
+        payload = "y" * 20_000
+        for _ in range(200):  # 4 MB, far past 64 KB plus the socket buffers
+            body = {"channel": "bulk", "data": payload}
+            requests.post(srv.origin + "/_test/publish", json=body, timeout=5)
+            if srv.stats()["overflows"]:
+                break
+        assert srv.stats()["overflows"] == 1
+        wait_for(lambda: srv.count("bulk") == 0)
+        slow.close()
+    finally:
+        srv.stop()
+
+
+def test_a_full_swarm_answers_429_with_retry_after(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"max_swarm_peers": 2})
+    try:
+        initiator = Peer.open(srv.url)
+        peer = Peer.open(f"{srv.url}/{initiator.id}")
+        with SSE.open(f"{srv.url}/{initiator.id}") as third:
+            assert third.status == 429
+            assert third.headers["retry-after"] == "5"
+            assert third.headers["content-type"] == "application/json"
+        peer.close()
+        assert initiator.sse.next().event == "join"
+        assert initiator.sse.next().event == "leave"
+        again = Peer.open(f"{srv.url}/{initiator.id}")  # room again
+        again.close()
+        initiator.close()
+    finally:
+        srv.stop()
+
+
+def test_streams_stay_below_worker_connections_so_posts_get_through(tmp_path: Path) -> None:
+    # 20 connections: 18 may be streams, 2 stay free for POSTs.
+    srv = start_server(tmp_path, extra_args=["--worker-connections", "20"])
+    try:
+        initiator = Peer.open(srv.url)
+        peers = [Peer.open(f"{srv.url}/{initiator.id}") for _ in range(17)]
+        with SSE.open(srv.url) as refused:
+            assert refused.status == 503
+            assert refused.headers["retry-after"] == "5"
+        # A POST still gets a slot, and is delivered.
+        assert initiator.post(srv.url, "still here").status_code == 200
+        assert peers[-1].sse.next().json() == "still here"
+        for peer in peers:
+            peer.close()
+        initiator.close()
+    finally:
+        srv.stop()
+
+
+def test_max_swarms_per_process(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"max_swarms": 1})
+    try:
+        first = Peer.open(srv.url)
+        with SSE.open(srv.url) as second:
+            assert second.status == 503 and second.headers["retry-after"] == "5"
+        first.close()
+    finally:
+        srv.stop()
+
+
+def test_the_sender_field_is_stamped_by_the_server(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, {"sender_field": "from"})
+    try:
+        initiator = Peer.open(srv.url)
+        peer = Peer.open(f"{srv.url}/{initiator.id}")
+        assert initiator.sse.next().event == "join"
+        # A peer claiming to be the initiator is corrected.
+        assert peer.post(srv.url, {"msg": "hi", "from": initiator.cid}).status_code == 200
+        assert initiator.sse.next().json() == {"msg": "hi", "from": peer.cid}
+        assert peer.sse.next().json() == {"msg": "hi", "from": peer.cid}
+        # Non-object signals are relayed as they are.
+        assert peer.post(srv.url, "plain").status_code == 200
+        assert initiator.sse.next().json() == "plain"
+        initiator.close()
+        peer.close()
+    finally:
+        srv.stop()
