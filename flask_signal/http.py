@@ -1,17 +1,19 @@
-"""HTTP/1.1 connections for a WSGI app on gevent, parsed with httptools.
+"""HTTP/1.1 connections for a WSGI app on gevent: the I/O around :mod:`flask_signal.h1`.
 
-One greenlet serves one connection: it feeds received bytes to an httptools
-parser, whose callbacks build each request's WSGI environ directly, then runs
-the app and writes its answer with as few ``sendall`` calls as the response
-allows (head and first chunk together; a list body joined into one write).
+One greenlet serves one connection: it receives bytes, hands them to the
+connection's :class:`~flask_signal.h1.H1Parser` and acts on its events (run
+the app for a request, answer a refusal and close), then writes the app's
+answer with as few ``sendall`` calls as the response allows (head and first
+chunk together; a list body joined into one write). Parsing, limits and the
+response head's bytes are the sans-IO core's; this module does sockets,
+greenlets, WSGI and the keep-alive clock.
 
-The socket is only read while waiting for a request or when the app reads
-``wsgi.input``; never while a response is streaming. That is what lets an
-SSE stream watch ``environ["gunicorn.socket"]`` for the client's EOF.
-
-All connections share one receive buffer: bytes go from ``recv_into`` straight
-into ``feed_data`` with no greenlet switch in between, and the parser copies
-out whatever it keeps, so an idle connection holds no buffer of its own.
+The socket is only read while a request head is awaited or when the app
+reads ``wsgi.input``; never while a response is being written, nor ahead of
+a request that is not yet answered (at most one receive of pipelined bytes
+waits unparsed). That is what lets an SSE stream watch
+``environ["gunicorn.socket"]`` for the client's EOF, and what bounds the
+memory a connection can make the worker hold.
 """
 
 from __future__ import annotations
@@ -24,21 +26,28 @@ from datetime import datetime
 from email.utils import formatdate
 from time import monotonic
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_to_bytes
 
-try:
-    import httptools
-except ImportError as exc:  # pragma: no cover - depends on what is installed
-    raise ImportError(
-        "flask_signal's HTTP server needs httptools: pip install 'flask-signal[server]'"
-    ) from exc
 from gevent import GreenletExit, get_hub, getcurrent
 from gevent.socket import socket as GeventSocket
+
+from .h1 import (
+    NEED_DATA,
+    REASONS,
+    EndOfMessage,
+    H1Error,
+    H1Parser,
+    HeaderPolicy,
+    Limits,
+    Request,
+    ResponseFraming,
+    response_head,
+    simple_response,
+)
 
 if TYPE_CHECKING:
     from gevent import Greenlet
 
-__all__ = ["ClientDisconnected", "Connection", "HTTPServer", "Input"]
+__all__ = ["ClientDisconnected", "Connection", "HTTPServer", "Input", "Request"]
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -51,42 +60,9 @@ _VIEW = memoryview(_BUFFER)
 _COALESCE = 65536
 # Unread request body beyond this is not worth draining to keep a connection.
 _MAX_DRAIN = 1 << 20
-_CACHE_LIMIT = 1000
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _CHUNK_END = b"0\r\n\r\n"
-_KEEP = b"Connection: keep-alive\r\n"
-_CLOSE = b"Connection: close\r\n"
-_CHUNKED = b"Transfer-Encoding: chunked\r\n"
-
-# Response header names the server owns: hop-by-hop fields are dropped
-# (PEP 3333 forbids them from apps), Content-Length decides the framing.
-_PLAIN, _LENGTH, _CONNECTION, _HOP = 0, 1, 2, 3
-_HOP_NAMES = {
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "trailers",
-    "transfer-encoding",
-    "upgrade",
-}
-_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_name_kinds: dict[str, int] = {}
-_status_lines: dict[str, tuple[int, bytes]] = {}
-_header_keys: dict[bytes, str] = {}
-_methods: dict[bytes, str] = {}
-_REASONS = {
-    400: "Bad Request",
-    404: "Not Found",
-    413: "Content Too Large",
-    414: "URI Too Long",
-    417: "Expectation Failed",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-}
 
 _date_line = b""
 _date_expires = 0.0
@@ -103,14 +79,6 @@ def _server_date() -> bytes:
     return _date_line
 
 
-class HTTPError(Exception):
-    """A request the server answers itself, with ``status``, then closes."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class ClientDisconnected(OSError):
     """The client went away or sent a malformed body while the app read it."""
 
@@ -120,61 +88,22 @@ class _ClientGone(Exception):
     that an app's own OSError still gets a 500 and a logged traceback."""
 
 
-class Request:
-    """One parsed request: its environ and the state of its body.
-
-    Also what gunicorn's ``pre_request``/``post_request`` hooks and access
-    log receive as ``req`` (``method``, ``uri``, ``path``, ``query``,
-    ``version``, ``headers``).
-    """
-
-    __slots__ = (
-        "chunks",
-        "complete",
-        "discard",
-        "environ",
-        "expect",
-        "headers",
-        "keep_alive",
-        "method",
-        "uri",
-        "version",
-    )
-
-    def __init__(self, environ: dict[str, Any]) -> None:
-        self.environ = environ
-        self.chunks: list[bytes] = []
-        self.complete = False
-        self.discard = 0  # >0: drop body bytes, counting them
-        self.expect = 0  # 1: client awaits "100 Continue", 2: it was sent
-        self.keep_alive = False
-        self.headers: list[tuple[str, str]] | None = None
-        self.method = "GET"
-        self.uri = ""
-        self.version = (1, 1)
-
-    @property
-    def path(self) -> str:
-        return self.uri.partition("?")[0]
-
-    @property
-    def query(self) -> str:
-        return str(self.environ.get("QUERY_STRING", ""))
-
-
 class Input:
     """``wsgi.input``: the request body, received as the app reads it."""
 
     __slots__ = ("_buf", "_conn", "_req")
 
     def __init__(self, conn: Connection, req: Request) -> None:
-        self._conn = conn
-        self._req = req
+        self._conn: Connection | None = conn
+        self._req: Request | None = req
         self._buf = b""
 
     def _pull(self) -> bytes:
-        """The next piece of body, b"" at its end."""
+        """The next piece of body, b"" at its end (or once the request is over)."""
         req = self._req
+        conn = self._conn
+        if req is None or conn is None:
+            return b""
         while True:
             chunks = req.chunks
             if chunks:
@@ -183,7 +112,14 @@ class Input:
                 return data
             if req.complete:
                 return b""
-            self._conn.receive_body(req)
+            conn.receive_body(req)
+
+    def detach(self) -> None:
+        """Forget the connection and request: the request is over, and an
+        environ the app keeps must not keep the connection alive (nor form a
+        cycle that only the garbage collector would free)."""
+        self._conn = None
+        self._req = None
 
     def read(self, size: int | None = -1) -> bytes:
         buf = self._buf
@@ -261,6 +197,8 @@ class _EmptyInput(Input):
 
     def __init__(self) -> None:
         self._buf = b""
+        self._conn = None
+        self._req = None
 
     def _pull(self) -> bytes:
         return b""
@@ -285,6 +223,12 @@ class ResponseInfo:
 class HTTPServer:
     """Settings and shared state for the connections of one process.
 
+    The limits are gunicorn's settings of the same names (0: gunicorn's
+    maximum); ``limit_request_head`` bounds a whole head (by default what
+    ``limit_request_fields`` lines of ``limit_request_field_size`` take) and
+    ``limit_trailer_section`` a chunked body's trailers (by default 32 field
+    lines). See :class:`flask_signal.h1.Limits`.
+
     ``on_request(req)`` / ``after_request(req, environ, resp)`` are optional
     hooks; ``access(resp, req, environ, request_time)`` is an optional access
     logger. All three are skipped entirely when None.
@@ -300,6 +244,8 @@ class HTTPServer:
         limit_request_line: int = 4094,
         limit_request_fields: int = 100,
         limit_request_field_size: int = 8190,
+        limit_request_head: int = 0,
+        limit_trailer_section: int = 0,
         header_map: str = "drop",
         forwarder_headers: Iterable[str] = (),
         secure_scheme_headers: dict[str, str] | None = None,
@@ -315,20 +261,15 @@ class HTTPServer:
         self.environ = environ
         self.log = log
         self.keepalive = keepalive
-        self.limit_line = limit_request_line or sys.maxsize
-        self.limit_fields = limit_request_fields or sys.maxsize
-        self.limit_field_size = limit_request_field_size or sys.maxsize
-        # Bytes of one request head beyond which the parser's own buffering
-        # (it gathers each header before calling back) is cut off.
-        self.limit_head = min(
-            self.limit_line + self.limit_fields * (self.limit_field_size + 2) + 4, 1 << 24
-        )
-        self.header_map = header_map
-        self.forwarder_headers = {h.upper().replace("-", "_") for h in forwarder_headers}
-        self.scheme_headers = [
-            ("HTTP_" + name.upper().replace("-", "_"), value)
-            for name, value in (secure_scheme_headers or {}).items()
-        ]
+        self.limits = Limits(
+            line=limit_request_line,
+            fields=limit_request_fields,
+            field_size=limit_request_field_size,
+            head=limit_request_head,
+            trailers=limit_trailer_section,
+        ).resolved()
+        self.policy = HeaderPolicy(header_map, forwarder_headers, secure_scheme_headers)
+        self.proxy_rules = bool(secure_scheme_headers or forwarder_headers)
         self.trusted_proxy = trusted_proxy
         self.script_name = script_name.rstrip("/")
         self.max_requests = max_requests
@@ -336,9 +277,6 @@ class HTTPServer:
         self.on_request = on_request
         self.after_request = after_request
         self.access = access
-        self.keep_headers = (
-            on_request is not None or after_request is not None or access is not None
-        )
         self.alive = True
         self.nr = 0
         self.connections: set[Connection] = set()
@@ -378,77 +316,27 @@ class HTTPServer:
             self.alive = False
 
 
-def _classify_name(name: Any) -> int:
-    if type(name) is not str:
-        raise TypeError(f"response header name {name!r} is not a str")
-    if not name or not _TOKEN.issuperset(name):
-        raise ValueError(f"invalid response header name {name!r}")
-    lname = name.lower()
-    kind = (
-        _LENGTH
-        if lname == "content-length"
-        else _CONNECTION
-        if lname == "connection"
-        else _HOP
-        if lname in _HOP_NAMES
-        else _PLAIN
-    )
-    if len(_name_kinds) < _CACHE_LIMIT:
-        _name_kinds[name] = kind
-    return kind
-
-
-def _status_line(status: Any) -> tuple[int, bytes]:
-    if type(status) is not str:
-        raise TypeError(f"status {status!r} is not a str")
-    code_text = status[:3]
-    if (
-        len(status) < 3
-        or not code_text.isdigit()
-        or (len(status) > 3 and status[3] != " ")
-        or "\r" in status
-        or "\n" in status
-    ):
-        raise ValueError(f"invalid status {status!r}")
-    found = (int(code_text), b"HTTP/1.1 %s\r\n" % status.encode("latin-1"))
-    if len(_status_lines) < _CACHE_LIMIT:
-        _status_lines[status] = found
-    return found
-
-
 class Connection:
-    """One client connection: the parser's callbacks, the request loop, the writer."""
+    """One client connection: the request loop over its parser, and the response writer."""
 
     __slots__ = (
+        "__weakref__",
         "chunked",
-        "current",
         "error",
-        "fed",
-        "fields",
+        "framing",
         "greenlet",
-        "head_bytes",
-        "head_since",
         "headers_sent",
-        "in_head",
         "keep",
         "length",
-        "listener",
         "no_body",
         "parser",
-        "queue",
         "raw",
-        "remote_addr",
-        "remote_port",
         "resp_headers",
-        "scheme",
         "sent",
         "server",
         "serving",
         "sock",
         "status",
-        "trusted",
-        "upgrade",
-        "url",
         "waiting",
     )
 
@@ -458,211 +346,44 @@ class Connection:
         # The plain socket under a gevent one: a write that fits the send
         # buffer goes out without gevent's retry-and-wait machinery.
         self.raw = sock._sock if type(sock) is GeventSocket else None
-        self.listener = listener
         if isinstance(addr, tuple):
-            self.remote_addr = addr[0]
-            self.remote_port = str(addr[1])
+            remote_addr, remote_port = addr[0], str(addr[1])
         else:  # a unix socket's peer has no address
-            self.remote_addr = addr.decode() if isinstance(addr, bytes) else str(addr or "")
-            self.remote_port = ""
-        self.scheme = "https" if hasattr(sock, "getpeercert") else "http"
+            remote_addr = addr.decode() if isinstance(addr, bytes) else str(addr or "")
+            remote_port = ""
         # Only a trusted proxy may set the scheme or forwarder headers.
-        self.trusted = (
-            bool(server.scheme_headers or server.forwarder_headers)
-            and server.trusted_proxy is not None
-            and server.trusted_proxy(addr)
+        trusted = (
+            server.proxy_rules and server.trusted_proxy is not None and server.trusted_proxy(addr)
         )
-        self.parser: Any = httptools.HttpRequestParser(self)
-        # A list, not a deque: pipelining is rare and an empty deque costs 600 bytes.
-        self.queue: list[Request] = []
-        self.current: Request | None = None
-        self.error: BaseException | None = None
-        self.url = b""
-        self.fields: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
-        self.fed = 0
-        self.in_head = False
-        self.head_since = 0.0
+        base = server.environ.copy()
+        base["SERVER_NAME"], base["SERVER_PORT"] = listener
+        base["REMOTE_ADDR"] = remote_addr
+        base["REMOTE_PORT"] = remote_port
+        base["SCRIPT_NAME"] = server.script_name
+        base["gunicorn.socket"] = sock
+        base["wsgi.url_scheme"] = "https" if hasattr(sock, "getpeercert") else "http"
+        self.parser = H1Parser(server.limits, server.policy, base, bool(trusted))
+        self.error: H1Error | None = None
         self.waiting = 0.0  # since when it waits for a request (0: busy)
-        self.upgrade = False
         self.greenlet: Greenlet | None = None
         self.serving: Request | None = None
         self.status: str | None = None
         self.resp_headers: list[tuple[str, str]] = []
         self.headers_sent = False
+        self.framing = ResponseFraming()
         self.chunked = False
         self.no_body = False
         self.keep = False
         self.length: int | None = None
         self.sent = 0
 
-    # -- parser callbacks ---------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.current = Request(self.server.environ.copy())
-        self.url = b""
-        self.head_bytes = 0
-        self.in_head = True
-        self.head_since = monotonic()
-
-    def on_url(self, url: bytes) -> None:
-        url = self.url + url if self.url else url
-        if len(url) > self.server.limit_line:
-            raise HTTPError(414, "request line too long")
-        self.url = url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # Collected here, turned into environ keys in one loop at the end of
-        # the head: one call per header is all this callback may cost.
-        self.fields.append((name, value))
-
-    def _header_key(self, name: bytes) -> str:
-        """The environ key of a request header ("" to drop it)."""
-        upper = name.decode("latin-1").upper()
-        if upper == "CONTENT-TYPE":
-            key = "CONTENT_TYPE"
-        elif upper == "CONTENT-LENGTH":
-            key = "CONTENT_LENGTH"
-        else:
-            key = "HTTP_" + upper.replace("-", "_")
-        if "_" in upper:
-            # X_Forwarded_For and X-Forwarded-For would share one key: let no
-            # client smuggle a header past a proxy that way (gunicorn's rule).
-            # Not cached: the answer depends on the peer.
-            server = self.server
-            forwarders = server.forwarder_headers
-            if self.trusted and (upper in forwarders or "*" in forwarders):
-                return key
-            if server.header_map == "drop":
-                return ""
-            if server.header_map != "dangerous":
-                raise HTTPError(400, f"invalid header name {upper!r}")
-            return key
-        if len(_header_keys) < _CACHE_LIMIT:
-            _header_keys[name] = key
-        return key
-
-    def on_headers_complete(self) -> None:
-        req = self.current
-        assert req is not None
-        self.in_head = False
-        server = self.server
-        parser = self.parser
-        env = req.environ
-
-        fields = self.fields
-        if len(fields) > server.limit_fields:
-            raise HTTPError(431, "too many header fields")
-        size_limit = server.limit_field_size
-        # No field can be larger than the bytes this head came in.
-        if self.head_bytes + self.fed > size_limit:
-            for name, value in fields:
-                if len(name) + len(value) + 2 > size_limit:
-                    raise HTTPError(431, "header field too large")
-        keys = _header_keys
-        for name, value in fields:
-            key = keys.get(name)
-            if key is None:
-                key = self._header_key(name)
-                if not key:
-                    continue
-            text = value.decode("latin-1")
-            if key in env:
-                env[key] = env[key] + "," + text
-            else:
-                env[key] = text
-        if server.keep_headers:
-            req.headers = [(n.decode("latin-1").upper(), v.decode("latin-1")) for n, v in fields]
-        fields.clear()
-
-        url = self.url
-        self.url = b""
-        if len(url) + 16 > server.limit_line:
-            raise HTTPError(414, "request line too long")
-        if url[:1] == b"/":
-            path, _, query = url.partition(b"?")
-            if b"#" in url:
-                path = path.partition(b"#")[0]
-                query = query.partition(b"#")[0]
-        elif url == b"*":
-            path, query = url, b""
-        else:
-            try:
-                parsed = httptools.parse_url(url)
-            except httptools.HttpParserInvalidURLError:
-                raise HTTPError(400, "invalid request target") from None
-            path = parsed.path or b"/"
-            query = parsed.query or b""
-        path_info = (
-            unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("latin-1")
-        )
-        script_name = server.script_name
-        if self.trusted and "HTTP_SCRIPT_NAME" in env:
-            script_name = env["HTTP_SCRIPT_NAME"].rstrip("/")  # set by the proxy
-        if script_name:
-            if path_info != script_name and not path_info.startswith(script_name + "/"):
-                raise HTTPError(404, "path outside SCRIPT_NAME")
-            path_info = path_info[len(script_name) :]
-        method_bytes = parser.get_method()
-        method = _methods.get(method_bytes)
-        if method is None:
-            method = method_bytes.decode("latin-1")
-            if len(_methods) < 64:
-                _methods[method_bytes] = method
-        version = parser.get_http_version()
-        req.method = method
-        req.uri = raw_uri = url.decode("latin-1")
-        req.keep_alive = server.keepalive > 0 and parser.should_keep_alive()
-        env["REQUEST_METHOD"] = method
-        env["SCRIPT_NAME"] = script_name
-        env["PATH_INFO"] = path_info
-        env["QUERY_STRING"] = query.decode("latin-1")
-        env["RAW_URI"] = raw_uri
-        env["SERVER_NAME"], env["SERVER_PORT"] = self.listener
-        env["REMOTE_ADDR"] = self.remote_addr
-        env["REMOTE_PORT"] = self.remote_port
-        env["gunicorn.socket"] = self.sock
-        scheme = self.scheme
-        if self.trusted:
-            for key, secure_value in server.scheme_headers:
-                if key in env:
-                    scheme = "https" if env[key] == secure_value else "http"
-        env["wsgi.url_scheme"] = scheme
-        if version == "1.1":
-            env["SERVER_PROTOCOL"] = "HTTP/1.1"
-        else:
-            env["SERVER_PROTOCOL"] = "HTTP/" + version
-            req.version = (1, 0) if version == "1.0" else (0, 9)
-        if "HTTP_EXPECT" in env and req.version >= (1, 1):
-            if env["HTTP_EXPECT"].lower() != "100-continue":
-                raise HTTPError(417, "unsupported expectation")
-            req.expect = 1
-        if parser.should_upgrade():
-            self.upgrade = True
-        self.queue.append(req)
-
-    def on_body(self, body: bytes) -> None:
-        req = self.current
-        assert req is not None
-        if req.discard:
-            req.discard += len(body)
-        else:
-            req.chunks.append(body)
-
-    def on_message_complete(self) -> None:
-        req = self.current
-        assert req is not None
-        req.complete = True
-        self.current = None
-
     # -- receiving ----------------------------------------------------------
 
     def fill(self, idle: bool = False) -> int:
-        """Receive once and parse what came; 0 when the client closed.
+        """Receive once into the parser; 0 when the client closed (the parser is told).
 
-        A parse error is kept in ``self.error``: requests parsed before it are
-        still served, then it is answered. ``idle``: the client was just
-        answered, so its next request is most likely not there yet.
+        ``idle``: the client was just answered, so its next request is most
+        likely not there yet.
         """
         sock = self.sock
         try:
@@ -673,75 +394,82 @@ class Connection:
                 sock._wait(sock._read_event)
             n: int = sock.recv_into(_BUFFER)
         except ConnectionError:
-            return 0
-        if not n:
-            return 0
-        parser = self.parser
-        if parser is None:  # dropped while a response streamed
-            parser = self.parser = httptools.HttpRequestParser(self)
-        self.fed = n
-        try:
-            parser.feed_data(_VIEW[:n])
-        except httptools.HttpParserUpgrade:
-            pass  # what follows is not HTTP/1: the connection ends after this request
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            self.error = cause if isinstance(cause, HTTPError) else HTTPError(400, str(exc))
-        except httptools.HttpParserError as exc:
-            self.error = HTTPError(400, str(exc) or "malformed request")
-        else:
-            if self.in_head:
-                # A head still incomplete: bound what the parser buffers for it.
-                self.head_bytes += n
-                if self.head_bytes > self.server.limit_head:
-                    self.error = HTTPError(431, "request head too large")
+            n = 0
+        self.parser.receive(bytes(_VIEW[:n]) if n else b"", monotonic())
         return n
+
+    def _body_event(self, req: Request, event: Any) -> bool:
+        """Take a body event for ``req``; False when it is not one (an error, NEED_DATA)."""
+        if type(event) is bytes:
+            if req.discard:
+                req.discard += len(event)
+            else:
+                req.chunks.append(event)
+            if self.parser.end_of_body():
+                req.complete = True
+            return True
+        if type(event) is EndOfMessage:
+            req.complete = True  # its trailers are dropped: no environ gets them
+            return True
+        if type(event) is H1Error:
+            self.error = event
+        return False
 
     def receive_body(self, req: Request) -> None:
         """Receive more of ``req``'s body for ``wsgi.input``."""
         if req.expect == 1:
             req.expect = 2
             self.send(_CONTINUE)
-        if self.error is None and not self.fill():
-            raise ClientDisconnected("client closed before the request body was complete")
-        if self.error is not None and not req.complete and not req.chunks:
+        parser = self.parser
+        while True:
+            event = parser.next_event()
+            if self._body_event(req, event):
+                return
+            if event is NEED_DATA:
+                if not self.fill():
+                    continue  # the parser now says the body was cut short
+                continue
             raise ClientDisconnected(f"malformed request body: {self.error}")
 
     # -- the request loop ---------------------------------------------------
 
     def serve(self) -> None:
         server = self.server
-        queue = self.queue
+        parser = self.parser
         self.greenlet = getcurrent()
         served = False
         try:
             while True:
-                if queue:
+                event = parser.next_event()
+                if type(event) is Request:
                     served = True
-                    if not self.handle(queue.pop(0)):
+                    if not self.handle(event):
                         break
+                    parser.start_next()
                     continue
-                if self.error is not None:
-                    self.answer_error(self.error)
-                    break
-                # A stopping server still answers (with a close) connections
-                # accepted before its listeners closed.
-                if self.upgrade or (served and not server.alive):
-                    break
-                # Keep-alive expiry is the server's sweep, not a timer per wait;
-                # a request head gets the same time in all, however it trickles in.
-                self.waiting = self.head_since if self.in_head else monotonic()
-                received = self.fill(served and not self.in_head)
-                self.waiting = 0.0
-                if not received:
-                    break
+                if event is NEED_DATA:
+                    # A stopping server still answers (with a close) connections
+                    # accepted before its listeners closed.
+                    if served and not server.alive and not parser.in_head:
+                        break
+                    # Keep-alive expiry is the server's sweep, not a timer per
+                    # wait; a request head gets the same time in all, however
+                    # it trickles in.
+                    in_head = parser.in_head
+                    self.waiting = parser.head_since if in_head else monotonic()
+                    self.fill(served and not in_head)
+                    self.waiting = 0.0
+                    continue
+                if type(event) is H1Error:
+                    self.answer_error(event)
+                break  # CLOSED
         except GreenletExit:
             pass
         except (OSError, _ClientGone) as exc:
             server.log.debug("Connection error: %s", exc)
         finally:
-            self.parser = None  # breaks the parser <-> callbacks cycle
             self.greenlet = None
+            self.serving = None
             self.waiting = 0.0
             with contextlib.suppress(OSError):
                 self.sock.close()
@@ -757,11 +485,44 @@ class Connection:
         if self.waiting == since and greenlet is not None:
             greenlet.throw(GreenletExit)
 
-    def handle(self, req: Request) -> bool:
-        """Run the app for ``req`` and write its response; False to close."""
+    def prepare(self, req: Request) -> bool:
+        """Finish ``req``'s environ and take the body already received; False to refuse it."""
         server = self.server
         env = req.environ
-        env["wsgi.input"] = _EMPTY if req.complete and not req.chunks else Input(self, req)
+        if req.scheme:
+            env["wsgi.url_scheme"] = req.scheme
+        if self.parser.trusted and "HTTP_SCRIPT_NAME" in env:
+            script_name = env["HTTP_SCRIPT_NAME"].rstrip("/")  # set by the proxy
+            env["SCRIPT_NAME"] = script_name
+        else:
+            script_name = server.script_name
+        if script_name:
+            path_info = env["PATH_INFO"]
+            if path_info != script_name and not path_info.startswith(script_name + "/"):
+                self.answer_error(H1Error(404, "path outside SCRIPT_NAME"))
+                return False
+            env["PATH_INFO"] = path_info[len(script_name) :]
+        if not server.keepalive:
+            req.keep_alive = False
+        if not req.complete:
+            # What came with the head is parsed now: a malformed chunk is
+            # refused before the app runs. It is never more than one receive.
+            parser = self.parser
+            while not req.complete and self._body_event(req, parser.next_event()):
+                pass
+            if self.error is not None:
+                self.answer_error(self.error)
+                return False
+        return True
+
+    def handle(self, req: Request) -> bool:
+        """Run the app for ``req`` and write its response; False to close."""
+        if not self.prepare(req):
+            return False
+        server = self.server
+        env = req.environ
+        body = _EMPTY if req.complete and not req.chunks else Input(self, req)
+        env["wsgi.input"] = body
         self.serving = req
         server.nr += 1
         if server.nr >= server.max_requests:
@@ -780,11 +541,17 @@ class Connection:
         except _ClientGone as exc:
             server.log.debug("Client gone while answering %s %s: %s", req.method, req.uri, exc)
             return False
+        except ClientDisconnected as exc:
+            # The body was cut short or malformed: the client's fault, no traceback.
+            server.log.warning("Invalid request from ip=%s: %s", env["REMOTE_ADDR"], exc)
+            if not self.headers_sent and self.error is not None:
+                self.answer_error(self.error)
+            return False
         except Exception:
             server.log.exception("Error handling request %s %s", req.method, req.uri)
             if self.headers_sent:
                 return False  # the response is cut short: closing is all that is left
-            keep = req.keep_alive and server.alive
+            keep = self.may_keep(req)
             self.status = "500 Internal Server Error"
             self.resp_headers = [("Content-Type", "text/plain")]
             try:
@@ -800,6 +567,9 @@ class Connection:
                     server.log.exception("Error closing the response of %s", req.uri)
             if server.access is not None or server.after_request is not None:
                 self.report(req, env, start)
+            if body is not _EMPTY:
+                body.detach()
+            self.serving = None
         if not keep:
             return False
         if not req.complete:
@@ -822,17 +592,41 @@ class Connection:
             except Exception:
                 server.log.exception("Exception in post_request hook")
 
+    def may_keep(self, req: Request) -> bool:
+        """Whether the connection can serve another request after this answer.
+
+        Decided before the answer's head goes out, so that it never announces
+        keep-alive on a connection it then closes: a body the client was not
+        asked for yet, or too much of one left unread, ends the connection.
+        """
+        if not req.keep_alive or not self.server.alive:
+            return False
+        if req.complete:
+            return True
+        if req.expect == 1:
+            return False  # the client waits for "100 Continue" and may never send it
+        if req.content_length is None:
+            return False  # chunked, unread: how much is left is unknown
+        unread = self.parser.remaining + sum(len(chunk) for chunk in req.chunks)
+        return unread <= _MAX_DRAIN
+
     def drain(self, req: Request) -> bool:
         """Skip the unread rest of ``req``'s body so the next request can be read."""
-        if req.expect == 1:
-            return False  # the client may never send it
         req.chunks.clear()
         req.discard = 1
+        parser = self.parser
         self.waiting = monotonic()
-        while not req.complete:
-            if self.error is not None or req.discard > _MAX_DRAIN or not self.fill():
-                return False
-        self.waiting = 0.0
+        try:
+            while not req.complete:
+                event = parser.next_event()
+                if self._body_event(req, event):
+                    if req.discard > _MAX_DRAIN:
+                        return False
+                    continue
+                if event is not NEED_DATA or not self.fill():
+                    return False
+        finally:
+            self.waiting = 0.0
         return True
 
     # -- writing ------------------------------------------------------------
@@ -884,55 +678,21 @@ class Connection:
         status = self.status
         if status is None:
             raise AssertionError("the app did not call start_response")
-        found = _status_lines.get(status)
-        code, status_line = found if found is not None else _status_line(status)
-        length: int | None = None
-        keep = req.keep_alive and self.server.alive
-        parts: list[str] = []
-        for name, value in self.resp_headers:
-            kind = _name_kinds.get(name)
-            if kind is None:
-                kind = _classify_name(name)
-            if type(value) is not str:
-                raise TypeError(f"value of response header {name!r} is not a str")
-            if "\n" in value or "\r" in value:
-                raise ValueError(f"response header {name!r} has a line break")
-            if kind == _PLAIN:
-                parts += (name, ": ", value, "\r\n")
-            elif kind == _LENGTH:
-                if code < 200 or code == 204:
-                    continue  # RFC 9110: no Content-Length on these
-                length = int(value)
-                if length < 0:
-                    raise ValueError("negative Content-Length")
-                parts += (name, ": ", value, "\r\n")
-            elif kind == _CONNECTION and value.lower() == "close":
-                keep = False
-        no_body = req.method == "HEAD" or code < 200 or code == 204 or code == 304
-        chunked = False
-        if length is None and not no_body:
-            if body_length is not None:
-                length = body_length
-                parts += ("Content-Length: ", str(body_length), "\r\n")
-            elif req.version >= (1, 1):
-                chunked = True
-            else:
-                keep = False  # HTTP/1.0 without a length: the close ends the body
-        self.length = None if no_body else length
-        self.chunked = chunked
-        self.no_body = no_body
-        self.keep = keep
-        parts.append("\r\n")
-        return b"".join(
-            (
-                status_line,
-                self.server.server_line,
-                _server_date(),
-                _KEEP if keep else _CLOSE,
-                _CHUNKED if chunked else b"",
-                "".join(parts).encode("latin-1"),
-            )
+        framing = self.framing
+        head = response_head(
+            status,
+            self.resp_headers,
+            req,
+            self.may_keep(req),
+            body_length,
+            self.server.server_line + _server_date(),
+            framing,
         )
+        self.length = framing.length
+        self.chunked = framing.chunked
+        self.no_body = framing.no_body
+        self.keep = framing.keep
+        return head
 
     def write_result(self, req: Request, result: Any) -> bool:
         """Write the app's result; True when the connection may serve another request."""
@@ -979,10 +739,6 @@ class Connection:
             assert req is not None
             head = self.head(req, None)
             self.headers_sent = True
-            if self.chunked and self.current is None and not self.queue and req.complete:
-                # A stream may idle for hours: it needs no parser until it
-                # ends (fill() makes a new one), and a parser is ~1 KB.
-                self.parser = None
         if self.no_body or not data:
             if head:
                 self.send(head)
@@ -1009,25 +765,14 @@ class Connection:
             self.send(head + data if head else data)
 
     def send_simple(self, status: int, reason: str, keep: bool) -> None:
-        body = reason.encode()
         self.headers_sent = True
-        self.sent = len(body)
-        self.send(
-            b"HTTP/1.1 %d %s\r\n%s%s%sContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s"
-            % (
-                status,
-                reason.encode(),
-                self.server.server_line,
-                _server_date(),
-                _KEEP if keep else _CLOSE,
-                len(body),
-                body,
-            )
-        )
+        self.sent = len(reason)
+        self.send(simple_response(status, reason, self.server.server_line + _server_date(), keep))
 
-    def answer_error(self, error: BaseException) -> None:
-        """Answer a request the parser refused, then the connection closes."""
-        status = error.status if isinstance(error, HTTPError) else 400
-        self.server.log.warning("Invalid request from ip=%s: %s", self.remote_addr, error)
+    def answer_error(self, error: H1Error) -> None:
+        """Answer a request the parser refused; the connection then closes."""
+        self.server.log.warning(
+            "Invalid request from ip=%s: %s", self.parser.base["REMOTE_ADDR"], error
+        )
         with contextlib.suppress(_ClientGone):
-            self.send_simple(status, _REASONS.get(status, "Bad Request"), False)
+            self.send_simple(error.status, REASONS.get(error.status, "Bad Request"), False)

@@ -1,10 +1,12 @@
-"""A gunicorn worker for streaming Flask apps: gevent, with HTTP parsed by httptools.
+"""A gunicorn worker for streaming Flask apps: gevent, with the project's HTTP/1.1 server.
 
 Use it as ``gunicorn -k flask_signal.worker.GeventWorker app:app``. It behaves
 like ``-k gevent`` (same settings, hooks, heartbeat and graceful stop) but
-serves HTTP/1.1 with :mod:`flask_signal.http` instead of gunicorn's
-pure-Python parser, which is most of the per-request cost of ``-k gevent``.
-It speaks HTTP/1.x only: no HTTP/2, no proxy protocol.
+serves HTTP/1.1 with :mod:`flask_signal.http` over the sans-IO parser of
+:mod:`flask_signal.h1` (gunicorn's rules, limits that bite while bytes
+arrive) instead of gunicorn's request machinery, which is most of the
+per-request cost of ``-k gevent``. It speaks HTTP/1.x only: no HTTP/2, no
+proxy protocol.
 """
 
 from __future__ import annotations
