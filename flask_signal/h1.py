@@ -80,7 +80,7 @@ _VERSION_RE = re.compile(rb"HTTP/(\d)\.(\d)")
 _TARGET_BAD = re.compile(rb"[^\x21-\x7e]")
 # RFC 9110 5.5: no control characters but HTAB in a field (CR and LF are
 # counted apart: only as CRLF line ends).
-_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CTL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 _CTL_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f]")
 _HEX = frozenset(b"0123456789abcdefABCDEF")
 # RFC 9112 7.1.1, from the first ";" of a chunk-size line on.
@@ -536,22 +536,26 @@ class H1Parser:
     def _parse_head(self, head: bytes) -> Any:
         limits = self.limits
         crlfs = head.count(b"\r\n")
-        if crlfs > limits.fields:
-            raise H1Error(431, "too many header fields")
         line_end = head.find(b"\r\n")
         line = head[:line_end] if crlfs else head
         if len(line) > limits.line:
             raise H1Error(414, "request line too long")
-        # Every LF and CR of a head is in a CRLF; no other control character
-        # but HTAB is anywhere in it.
-        if head.count(b"\n") != crlfs or head.count(b"\r") != crlfs:
-            raise H1Error(400, "bare CR or LF in request head")
-        if _CTL.search(head) is not None:
-            raise H1Error(400, "control character in request head")
+        # Every LF of a head ends a line with its CR.
+        if head.count(b"\n") != crlfs:
+            raise H1Error(400, "bare LF in request head")
+        # Nor is there a bare CR, or a control character but HTAB: the line
+        # holding the first one is refused when its turn comes, so that the
+        # lines before it are refused first for what they hold, as gunicorn does.
+        bad_line = -1
+        bad = _CTL.search(head)
+        if bad is not None:
+            bad_line = head.count(b"\r\n", 0, bad.start())
 
-        found = _lines.get(line)
+        found = _lines.get(line) if bad_line else None
         if found is None:
             method, version, protocol, target, path, query = _request_line(line)
+            if bad_line == 0:
+                raise H1Error(400, "control character in the request line")
             uri = target.decode("ascii")
             path_info = (
                 unquote_to_bytes(path).decode("latin-1") if b"%" in path else path.decode("ascii")
@@ -577,7 +581,8 @@ class H1Parser:
         policy = self.policy
         fields = policy.fields
         field_size = limits.field_size
-        lines = head.split(b"\r\n")
+        # Never more objects than the field lines allowed (and one to refuse).
+        lines = head.split(b"\r\n", limits.fields + 1)
         headers = req.headers
         seen: set[str] | None = None
         lengths: list[str] | None = None
@@ -586,8 +591,10 @@ class H1Parser:
         scheme_headers = policy.scheme_headers if self.trusted else None
         scheme_set = False
         repeated: dict[str, list[str]] | None = None
-        for i in range(1, crlfs + 1):
+        for i in range(1, min(crlfs, limits.fields) + 1):
             field = lines[i]
+            if i == bad_line:
+                raise H1Error(400, "control character or bare CR in a header field")
             # A field line recurs from request to request: its parts are kept.
             known = fields.get(field)
             if known is None:
@@ -634,6 +641,8 @@ class H1Parser:
                 repeated.setdefault(key, [env[key]]).append(value)
             else:
                 env[key] = value
+        if crlfs > limits.fields:
+            raise H1Error(431, "too many header fields")
         if repeated is not None:
             for key, values in repeated.items():
                 env[key] = ",".join(values)
