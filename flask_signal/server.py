@@ -28,8 +28,8 @@ from . import drain
 from .extension import Signal
 from .settings import option_default, options
 
-#: The gunicorn worker class the hub runs on: the project's own, which parses
-#: HTTP with httptools; ``gevent`` (gunicorn's) is fully supported too.
+#: The gunicorn worker class the hub runs on: the project's own HTTP/1.1 server
+#: (flask_signal.http over flask_signal.h1); ``gevent`` (gunicorn's) is fully supported too.
 WORKER_CLASS = "flask_signal.worker.GeventWorker"
 
 #: gunicorn settings for a server of long-lived streams.
