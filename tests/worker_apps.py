@@ -99,6 +99,14 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Any:
         data["socket"] = isinstance(sock, socket.socket) and sock.fileno() > 0
         data["greenlet"] = getcurrent().parent is not None
         return _json(start_response, data)
+    if path == "/headers":  # every request header the app sees
+        fields = {k: v for k, v in environ.items() if k.startswith("HTTP_")}
+        return _json(start_response, fields)
+    if path == "/respond-with":  # a response header holding the query, decoded
+        from urllib.parse import unquote
+
+        start_response("200 OK", [("X-Echo", unquote(environ["QUERY_STRING"]))])
+        return [b"echoed"]
     if path == "/error":
         raise RuntimeError("this app fails on purpose")
     if path == "/oserror":  # the app's own OSError is an app error, not a client gone
