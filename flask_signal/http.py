@@ -309,6 +309,17 @@ class HTTPServer:
                 ended += 1
         return ended
 
+    def held(self) -> int:
+        """Bytes of requests the connections hold: received and not yet parsed,
+        or body received and not yet read by the app."""
+        total = 0
+        for conn in self.connections:
+            total += conn.parser.buffered
+            req = conn.serving
+            if req is not None:
+                total += sum(len(chunk) for chunk in req.chunks)
+        return total
+
     def count_request(self) -> None:
         """Stop after ``max_requests``: called when ``nr`` reaches it."""
         if self.nr >= self.max_requests and self.alive:
