@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -20,6 +21,12 @@ from .framing import PING
 
 #: What :meth:`Stream.get` returns once the stream has ended.
 ENDED = b""
+
+#: What this process has done, for metrics (see :mod:`flask_signal.metrics`):
+#: ``signals_in``, ``signals_out``, ``events_in``, ``events_out``, ``resumes``,
+#: ``redis_errors``, ``redis_reconnects``, and ``end:<reason>`` per ended stream.
+#: Plain counts, cheap to bump on any path; read and exported elsewhere.
+counts: Counter[str] = Counter()
 
 #: Unsent bytes a stream may hold by default before its client counts as too slow.
 MAX_BYTES = 256 * 1024
@@ -266,6 +273,7 @@ class LocalHub:
                 if seq:
                     stream.last_seq = seq
                 reached += 1
+        counts["events_out"] += reached
         return reached
 
     def end_channel(self, channel: str, reason: str = "channel closed") -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from . import framing, signals
 from .brokers import Broker, BrokerUnavailable, Delivery, Membership
 from .errors import JSON, Answer, FlaskSignalError, Overloaded, Refusal, answer_for, error
-from .hub import Stream, retry_frame, spread_retry
+from .hub import Stream, counts, retry_frame, spread_retry
 from .parsing import (
     accepts_event_stream,
     content_length,
@@ -167,6 +167,7 @@ class _Detach:
         except BrokerUnavailable:
             log.warning("broker unavailable while closing %r", self.stream)
         finally:
+            counts["end:" + (self.stream.end_reason or "closed")] += 1
             self.broker.hub.discard(self.stream)
             signals.client_disconnected.send(self.sender, stream=self.stream)
 
@@ -281,6 +282,7 @@ def post_signal(st: AppState, environ: dict[str, Any], swarm_id: str) -> Answer:
     result = broker.signal(swarm_id, data, cid=optional_str(fields, "cid"), token=token)
     if result is not Delivery.OK:
         return delivery_error(result)
+    counts["signals_in"] += 1
     return Answer(200, JSON, OK)
 
 

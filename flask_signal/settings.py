@@ -361,6 +361,12 @@ class Settings:
         check=_int(0),
         doc="swarms created per process before new ones get 503 (`0`: no limit)",
     )
+    metrics: bool = setting(
+        False,
+        check=_bool,
+        doc="serve Prometheus metrics at `{prefix}/metrics` (needs the `[metrics]` extra; "
+        "set `PROMETHEUS_MULTIPROC_DIR` under several workers)",
+    )
     sender_field: str | None = setting(
         None,
         check=_optional(_str),

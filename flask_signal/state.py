@@ -58,6 +58,8 @@ class AppState:
     settings: Settings
     broker: Broker
     started: bool = False
+    #: This process's Prometheus metrics, with ``SIGNAL_METRICS`` on.
+    metrics: Any = None
     _stream_headers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def ready(self) -> AppState:
@@ -80,6 +82,10 @@ class AppState:
                 # Streams hold their connection: keep some of the worker's
                 # slots for POSTs, so signals still get through at capacity.
                 self.broker.hub.max_streams = connections - max(1, min(100, connections // 10))
+        if settings.metrics:
+            from . import metrics
+
+            self.metrics = metrics.start(self)
         if settings.ping_interval > 0:
             gevent.spawn(keep_alive, self.broker.hub, settings.ping_interval)
         if settings.write_timeout or settings.max_stream_age:

@@ -69,6 +69,36 @@ def not_found(rest: str = "") -> Response:
     return error(404, "not found")
 
 
+# -- operations ------------------------------------------------------------------------
+
+
+def healthz() -> Response:
+    """Alive: the process answers (for a liveness probe)."""
+    return respond(Answer(200, errors.JSON, (b'{"ok":true}',)))
+
+
+def readyz() -> Response:
+    """Ready for new clients: the broker is reachable and the process is not draining."""
+    st = state()
+    broker = st.broker
+    if broker.hub.draining:
+        return error(503, "draining", [("Retry-After", str(st.settings.retry_after))])
+    if not broker.healthy():
+        return error(
+            503, "signalling backend unavailable", [("Retry-After", str(st.settings.retry_after))]
+        )
+    return respond(Answer(200, errors.JSON, (b'{"ok":true}',)))
+
+
+def metrics() -> Response:
+    """Prometheus metrics, with ``SIGNAL_METRICS`` on (see :mod:`flask_signal.metrics`)."""
+    st = state()
+    if st.metrics is None:
+        return error(404, "not found")
+    body, content_type = st.metrics.exposition()
+    return Response(body, 200, [("Content-Type", content_type)])
+
+
 # -- channels --------------------------------------------------------------------------
 
 
@@ -240,6 +270,9 @@ ROUTES = [
     Route("", "create", create_swarm),
     Route("/client.js", "client", client_js, ["GET"]),
     Route("/client.d.ts", "client_types", client_types, ["GET"]),
+    Route("/healthz", "healthz", healthz, ["GET", "HEAD"]),
+    Route("/readyz", "readyz", readyz, ["GET", "HEAD"]),
+    Route("/metrics", "metrics", metrics, ["GET"]),
     Route("/channels", "channels", channel),
     Route("/channels/<name>", "channel", channel),
     Route("/<swarm_id>", "swarm", swarm),

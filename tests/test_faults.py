@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import SSE, Peer, start_server
+from tests.support import SSE, Peer, free_port, start_server
 
 pytestmark = pytest.mark.single_process
 
@@ -145,3 +145,105 @@ def test_the_sender_field_is_stamped_by_the_server(tmp_path: Path) -> None:
         peer.close()
     finally:
         srv.stop()
+
+
+# -- operations: health, readiness, metrics ------------------------------------------------
+
+
+def test_healthz_and_readyz_follow_redis(tmp_path: Path, own_redis) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server(tmp_path, {"broker_url": own_redis.url})
+    try:
+        assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200
+        assert requests.get(srv.url + "/readyz", timeout=5).status_code == 200
+        own_redis.kill()
+        ready = requests.get(srv.url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.headers["Retry-After"] == "5"
+        assert ready.json() == {"error": "signalling backend unavailable"}
+        assert requests.get(srv.url + "/healthz", timeout=5).status_code == 200  # alive
+        own_redis.start()
+        wait_for(lambda: requests.get(srv.url + "/readyz", timeout=10).status_code == 200, 20)
+    finally:
+        srv.stop()
+
+
+def test_readyz_is_503_while_draining() -> None:
+    from flask import Flask
+
+    from flask_signal import Signal
+
+    app = Flask(__name__)
+    signal = Signal(app)
+    client = app.test_client()
+    assert client.get("/signal/readyz").status_code == 200
+    with app.app_context():
+        signal.drain()
+    answer = client.get("/signal/readyz")
+    assert answer.status_code == 503 and answer.json == {"error": "draining"}
+    assert client.get("/signal/healthz").status_code == 200
+
+
+def metric(text: str, name: str, labels: str = "") -> float:
+    """The value of one sample in a Prometheus exposition (summed over pid labels)."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        if head.split("{")[0] != name or (labels and labels not in head):
+            continue
+        total += float(value)
+        found = True
+    return total if found else -1.0
+
+
+def test_metrics_under_gunicorn_multiprocess_mode(tmp_path: Path, redis_url: str) -> None:
+    multiproc = tmp_path / "prom"
+    multiproc.mkdir()
+    srv = start_server(
+        tmp_path,
+        {"metrics": True, "broker_url": redis_url, "redis_prefix": f"m{free_port()}:"},
+        workers=2,
+        extra_env={"PROMETHEUS_MULTIPROC_DIR": str(multiproc)},
+    )
+    try:
+        initiator = Peer.open(srv.url)
+        peers = [Peer.open(f"{srv.url}/{initiator.id}") for _ in range(5)]
+        for n in range(3):
+            assert initiator.post(srv.url, n).status_code == 200
+        peers.pop().close()
+
+        def scrape() -> str:
+            answer = requests.get(srv.url + "/metrics", timeout=5)
+            assert answer.status_code == 200
+            assert answer.headers["Content-Type"].startswith("text/plain")
+            return answer.text
+
+        # Each worker copies its counts every 5 s: both are summed in time.
+        def settled() -> bool:
+            text = scrape()
+            return (
+                metric(text, "flask_signal_streams", 'kind="swarm"') == 5
+                and metric(text, "flask_signal_signals_in_total") == 3
+                and metric(text, "flask_signal_signals_out_total") == 18
+                and metric(text, "flask_signal_stream_ends_total", 'reason="disconnected"') == 1
+                and metric(text, "flask_signal_swarms") == 1
+                and metric(text, "flask_signal_draining") == 0
+            )
+
+        wait_for(settled, 15)
+        assert len(set(p.name.rsplit("_", 1)[-1] for p in multiproc.iterdir())) >= 1
+        initiator.close()
+        for peer in peers:
+            peer.close()
+    finally:
+        srv.stop()
+
+
+def test_no_metrics_route_unless_asked() -> None:
+    from flask import Flask
+
+    from flask_signal import Signal
+
+    app = Flask(__name__)
+    Signal(app)
+    assert app.test_client().get("/signal/metrics").status_code == 404

@@ -254,6 +254,10 @@ class Broker(ABC):
         """Broker-specific figures for :meth:`Signal.stats`."""
         return {}
 
+    def healthy(self) -> bool:
+        """Whether the backing service is reachable (for readiness probes)."""
+        return True
+
     def connection_count(self, channel: str | None = None) -> int:
         """Open streams of this process, all or on one channel."""
         return self.hub.count(channel)

@@ -13,7 +13,7 @@ import gevent
 
 from .. import framing, signals
 from ..errors import SwarmFull
-from ..hub import Stream
+from ..hub import Stream, counts
 from . import (
     Broker,
     Delivery,
@@ -241,6 +241,7 @@ class MemoryBroker(Broker):
         for number, frame in peer.sent:
             if number > seq:
                 stream.put(frame)
+        counts["resumes"] += 1
         log.info("peer resumed: swarm=%s cid=%s after=%d", swarm.id, peer.cid, seq)
         return Membership(swarm.id, peer.cid, "", initiator=peer.cid == swarm.initiator)
 
@@ -272,11 +273,13 @@ class MemoryBroker(Broker):
             if target is None:
                 return Delivery.NO_PEER
             self._deliver(target, framing.swarm_event("signal", data))
+            counts["signals_out"] += 1
             return Delivery.OK
         # Encoded once; without resume every peer's queue holds the same bytes object.
         frame = framing.swarm_event("signal", data)
         for peer in tuple(swarm.peers.values()):
             self._deliver(peer, frame)
+        counts["signals_out"] += len(swarm.peers)
         return Delivery.OK
 
     def swarm_count(self) -> int:
@@ -296,6 +299,7 @@ class MemoryBroker(Broker):
         self.seq += 1
         if self.seq % 1024 == 0:
             self._forget_idle_channels()
+        counts["events_in"] += 1
         event_id = id if id is not None else format_event_id(self.epoch, self.seq)
         frame = framing.message(data, event=event, id=event_id, retry=retry)
         for name in dict.fromkeys(channels):

@@ -91,7 +91,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .. import framing, signals
-from ..hub import Stream
+from ..hub import Stream, counts
 from . import (
     Broker,
     BrokerUnavailable,
@@ -312,6 +312,7 @@ def _unavailable() -> Iterator[None]:
     try:
         yield
     except _UNAVAILABLE as exc:
+        counts["redis_errors"] += 1
         raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
 
 
@@ -500,6 +501,7 @@ class _Listener:
             entry.sent = 1
         for start in range(0, len(again), 500):
             self.send("SUBSCRIBE", *again[start : start + 500])
+        counts["redis_reconnects"] += 1
         if again:
             log.info("redis pub/sub reconnected, %d topics resubscribed", len(again))
         self.tried.set()
@@ -758,6 +760,15 @@ class RedisBroker(Broker):
         streams += self._subscribed
         return streams
 
+    def healthy(self) -> bool:
+        """Redis answers a PING and this process's pub/sub listener is up."""
+        try:
+            with _unavailable():
+                self.redis.ping()
+        except BrokerUnavailable:
+            return False
+        return self._listener.connected and self._listener.healthy()
+
     def stats(self) -> dict[str, Any]:
         """What this process holds, for monitoring."""
         return {
@@ -907,13 +918,16 @@ class RedisBroker(Broker):
         kind = payload[:1]
         if kind == b"b":
             frame = payload[2:]  # encoded once by the sender, queued as the same bytes
-            for stream in tuple(self._peers.get(swarm_id, {}).values()):
+            peers = tuple(self._peers.get(swarm_id, {}).values())
+            for stream in peers:
                 stream.put(frame)
+            counts["signals_out"] += len(peers)
         elif kind == b"d":
             head, _, frame = payload.partition(b"\n")
             target = self._peers.get(swarm_id, {}).get(_decode(head[2:]))
             if target is not None:
                 target.put(frame)
+                counts["signals_out"] += 1
         elif kind == b"j":
             cid = _decode(payload[2:])
             joined = self._joining.pop(cid, None)
@@ -950,6 +964,7 @@ class RedisBroker(Broker):
     ) -> str:
         if id is not None:
             framing.check_field("id", id)
+        counts["events_in"] += 1
         # The id is only known inside the script: send the frame around it.
         frame = framing.message(data, event=event, id="0", retry=retry)
         head, _, tail = frame.rpartition(b"\nid: 0\n")
