@@ -79,10 +79,11 @@ class Signal:
                 expose_headers=["Retry-After"],
             )
         app.register_blueprint(blueprint)
-        if settings.fast_path:
+        if settings.fast_path is not False:
             from .fastpath import FastPath
 
-            app.wsgi_app = FastPath(app, app.wsgi_app, st)  # type: ignore[method-assign]
+            auto = settings.fast_path == "auto"
+            app.wsgi_app = FastPath(app, app.wsgi_app, st, auto=auto)  # type: ignore[method-assign]
         # Outermost of the two, so that every stream, fast path or not, finds it.
         app.wsgi_app = capture_start_response(app.wsgi_app)  # type: ignore[method-assign]
         self._apps.append(app)
@@ -185,6 +186,8 @@ class Signal:
             "peers": len(broker.hub.peers),
             "channels": len(broker.hub.channels),
             "overflows": broker.hub.overflows,
+            # Whether swarm requests take the fast path (None: no request yet).
+            "fast_path": self._state().fast_path,
             **broker.stats(),
         }
 

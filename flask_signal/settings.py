@@ -87,6 +87,12 @@ def _bool(value: Any) -> bool:
     return value
 
 
+def _fast_path(value: Any) -> bool | str:
+    if value == "auto" or isinstance(value, bool):
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"must be 'auto', True or False, not {value!r}")
+
+
 def _str(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, not {value!r}")
@@ -293,10 +299,12 @@ class Settings:
         check=_event_name,
         doc="the event name that tells a resuming client some events are gone",
     )
-    fast_path: bool = setting(
-        False,
-        check=_bool,
-        doc="serve swarm GETs and POSTs in front of Flask",
+    fast_path: bool | str = setting(
+        "auto",
+        check=_fast_path,
+        doc='serve swarm GETs and POSTs in front of Flask: `"auto"` whenever nothing '
+        "registered on the app (hooks, error handlers, request signals) would notice, decided "
+        "at the first request; `True` always; `False` never",
     )
     direct_writes: bool = setting(
         True,

@@ -60,6 +60,8 @@ class AppState:
     started: bool = False
     #: This process's Prometheus metrics, with ``SIGNAL_METRICS`` on.
     metrics: Any = None
+    #: Whether swarm requests take the fast path: None until the first request decides.
+    fast_path: bool | None = False
     _stream_headers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     def ready(self) -> AppState:

@@ -254,6 +254,10 @@ def client_types() -> Response:
 # -- blueprint -------------------------------------------------------------------------
 
 
+#: The hub's blueprint's name: its endpoints are ``signal.<endpoint>``.
+BLUEPRINT = "signal"
+
+
 class Route(NamedTuple):
     """One of the hub's routes: ``rule`` is relative to the prefix."""
 
@@ -291,7 +295,7 @@ def reserved() -> frozenset[str]:
 
 def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
     """The hub's routes under ``prefix`` (``""`` mounts them at the root)."""
-    bp = Blueprint("signal", __name__)
+    bp = Blueprint(BLUEPRINT, __name__)
     for route in ROUTES:
         # The prefix itself answers with and without its trailing slash.
         rules = [prefix or "/", prefix + "/"] if not route.rule else [prefix + route.rule]

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import flask
 import pytest
 import requests
 from flask import Flask
@@ -246,3 +247,159 @@ def test_an_eventsource_reconnects_by_itself_once_redis_is_back(
         proc.kill()
         proc.wait()
         srv.stop()
+
+
+# -- the fast path, taken by default when nothing would notice ---------------------------
+
+
+def signal_post(app: Flask) -> int:
+    """A swarm POST through the app's whole WSGI stack (for no swarm: 404 either way)."""
+    response = app.test_client().post("/signal/abc123", json={"token": "t", "data": 1})
+    assert response.get_json() == {"error": "no such swarm"}
+    return response.status_code
+
+
+def fast_path_taken(app: Flask) -> bool | None:
+    with app.app_context():
+        taken: bool | None = app.extensions["signal"].stats()["fast_path"]
+    return taken
+
+
+def test_with_nothing_registered_swarm_requests_take_the_fast_path() -> None:
+    app = Flask("bare")
+    Signal(app)
+    assert fast_path_taken(app) is None  # decided by the first request
+    assert signal_post(app) == 404
+    assert fast_path_taken(app) is True
+    # As after Flask's own first request: no hook may come now that it would skip.
+    with pytest.raises(AssertionError, match="can no longer be called"):
+        app.before_request(lambda: None)
+
+
+def test_handlers_that_cannot_apply_keep_the_fast_path() -> None:
+    """The hub answers its 4xx itself: a 404 handler never sees them, on either path."""
+    app = Flask("notfound")
+
+    @app.errorhandler(404)
+    def not_found(exc: Exception) -> tuple[str, int]:
+        return "gone", 404
+
+    @app.get("/page")
+    def page() -> str:
+        return "page"
+
+    Signal(app)
+    assert signal_post(app) == 404
+    assert fast_path_taken(app) is True
+    assert app.test_client().get("/nowhere").get_data() == b"gone"
+
+
+class Preprocessing(Flask):
+    def preprocess_request(self) -> Any:
+        seen.append("preprocess_request")
+        return super().preprocess_request()
+
+
+seen: list[str] = []
+
+
+def register_before_request(app: Flask) -> None:
+    app.before_request(lambda: seen.append("before_request"))
+
+
+def register_after_request(app: Flask) -> None:
+    @app.after_request
+    def after(response: Any) -> Any:
+        seen.append("after_request")
+        return response
+
+
+def register_teardown_request(app: Flask) -> None:
+    app.teardown_request(lambda exc: seen.append("teardown_request"))
+
+
+def register_teardown_appcontext(app: Flask) -> None:
+    app.teardown_appcontext(lambda exc: seen.append("teardown_appcontext"))
+
+
+def register_url_value_preprocessor(app: Flask) -> None:
+    app.url_value_preprocessor(lambda endpoint, values: seen.append("url_value_preprocessor"))
+
+
+def register_error_handler(app: Flask) -> None:
+    # It would see an unexpected error of a swarm request (none happens here).
+    @app.errorhandler(Exception)
+    def handler(exc: Exception) -> Any:
+        return "handled", 500
+
+
+def register_request_started(app: Flask) -> None:
+    def receiver(sender: Flask, **kw: Any) -> None:
+        seen.append("request_started")
+
+    flask.request_started.connect(receiver, app, weak=False)
+
+
+def register_blueprint_hook(app: Flask) -> None:
+    # The hub's blueprint is registered: a hook for its routes goes in the app's registry.
+    app.before_request_funcs.setdefault("signal", []).append(
+        lambda: seen.append("the hub blueprint's before_request")
+    )
+
+
+def register_middleware(app: Flask) -> None:
+    inner = app.wsgi_app
+
+    def middleware(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append("middleware")
+        return inner(environ, start_response)
+
+    app.wsgi_app = middleware  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize(
+    ("register", "after_signal"),
+    [
+        (register_before_request, True),
+        (register_after_request, True),
+        (register_teardown_request, True),
+        (register_teardown_appcontext, True),
+        (register_url_value_preprocessor, True),
+        (register_error_handler, True),
+        (register_request_started, True),
+        (register_blueprint_hook, True),
+        (register_middleware, False),  # a middleware the extension wraps
+        (None, True),  # a Flask subclass with its own request handling
+    ],
+    ids=lambda item: getattr(item, "__name__", str(item)).removeprefix("register_"),
+)
+def test_anything_that_would_see_swarm_requests_keeps_them_on_flask(
+    register: Any, after_signal: bool
+) -> None:
+    app = (Flask if register else Preprocessing)("observed")
+    if register and not after_signal:
+        register(app)
+    Signal(app)
+    if register and after_signal:
+        register(app)
+    seen.clear()
+    try:
+        assert signal_post(app) == 404
+        if register is not register_error_handler:
+            assert seen, "the observer did not see the swarm request"
+        assert fast_path_taken(app) is False
+    finally:
+        for sent in (flask.request_started,):
+            for receiver in list(sent.receivers_for(app)):
+                sent.disconnect(receiver, app)
+
+
+def test_forced_on_the_fast_path_skips_hooks_and_forced_off_never_takes_it() -> None:
+    for forced, expect_seen in ((True, False), (False, True)):
+        app = Flask("forced")
+        Signal(app, fast_path=forced)
+        register_before_request(app)
+        seen.clear()
+        assert signal_post(app) == 404
+        assert bool(seen) is expect_seen
+        assert fast_path_taken(app) is forced

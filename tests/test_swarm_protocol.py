@@ -569,8 +569,10 @@ def test_gevent_wsgiserver_detects_close(make_server) -> None:  # type: ignore[n
 
 
 @pytest.mark.single_process
-@pytest.mark.parametrize("fast_path", [False, True])
-def test_fast_path_skips_flask_only_for_swarm_requests(make_server, fast_path: bool) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fast_path", [False, True, "auto"])
+def test_fast_path_skips_flask_only_for_swarm_requests(make_server, fast_path: bool | str) -> None:  # type: ignore[no-untyped-def]
+    """Forced on, the fast path skips the app's hooks for swarm requests; by default
+    (auto) this app's before_request hook keeps every request on Flask's path."""
     srv = make_server({"fast_path": fast_path})
     initiator = Peer.open(srv.url)
     try:
@@ -581,6 +583,7 @@ def test_fast_path_skips_flask_only_for_swarm_requests(make_server, fast_path: b
         hooked = requests.get(srv.origin + "/_test/hooked", timeout=5).json()
         swarm_requests = ["GET /signal", f"POST /signal/{initiator.id}"]
         others = ["GET /signal/a/b", "GET /signal/channels/hooks"]
-        assert hooked == (others if fast_path else swarm_requests + others)
+        assert hooked == (others if fast_path is True else swarm_requests + others)
+        assert srv.stats()["fast_path"] is (fast_path is True)
     finally:
         initiator.close()
