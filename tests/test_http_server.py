@@ -333,3 +333,36 @@ def test_an_app_keeping_the_environ_does_not_keep_the_connection() -> None:
     finally:
         gc.enable()
         listener.stop()
+
+
+# -- the time to receive a head -------------------------------------------------------------
+
+
+def test_a_head_trickling_in_is_cut_off_at_the_keep_alive_time() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    http = HTTPServer(app, {}, logging.getLogger("test"), keepalive=0.5)
+    listener = StreamServer(("127.0.0.1", 0), partial(http.handle, ("127.0.0.1", "0")))
+    listener.start()
+    sweeper = gevent.spawn(lambda: [(http.sweep(), gevent.sleep(0.1)) for _ in iter(int, 1)])
+    try:
+        client: Any = gevent.socket.create_connection(listener.address)
+        client.sendall(b"GET / HTTP/1.1\r\n")
+        sent = 0
+        with pytest.raises(OSError), gevent.Timeout(10):
+            while True:  # a field byte every 0.1 s: the head would take minutes
+                client.sendall(b"X")
+                sent += 1
+                gevent.sleep(0.1)
+                try:
+                    closed = client._sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+                except BlockingIOError:
+                    closed = False  # nothing to read: still open
+                if closed:
+                    raise ConnectionResetError("closed by the server")
+    finally:
+        sweeper.kill()
+        listener.stop()
+    assert 3 <= sent < 50  # cut off at the deadline, well before the head could end
