@@ -226,6 +226,10 @@ class HeaderPolicy:
         raise H1Error(400, f"invalid header name {name!r}")
 
 
+_DEFAULT_LIMITS = Limits().resolved()
+_DEFAULT_POLICY = HeaderPolicy()
+
+
 class Request:
     """One request's head: its environ and what the server needs to answer it.
 
@@ -374,8 +378,12 @@ class H1Parser:
         base: dict[str, Any] | None = None,
         trusted: bool = False,
     ) -> None:
-        self.limits = (limits or Limits()).resolved()
-        self.policy = policy or HeaderPolicy()
+        if limits is None:
+            limits = _DEFAULT_LIMITS
+        elif not (limits.head and limits.trailers and limits.chunk_line):
+            limits = limits.resolved()
+        self.limits = limits
+        self.policy = policy or _DEFAULT_POLICY
         self.base = base or {}
         self.trusted = trusted
         self.buf: bytes | bytearray = b""
