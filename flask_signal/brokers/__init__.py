@@ -1,7 +1,7 @@
 """Brokers: where swarm state lives and how messages reach the right process.
 
-One interface, :class:`Broker`, two implementations chosen by URL, as the
-``limits`` library does for its storage:
+One interface, :class:`Broker`, and implementations chosen by the scheme of a
+URL, as the ``limits`` library does for its storage:
 
 - ``memory://`` (:class:`~flask_signal.brokers.memory.MemoryBroker`): state in
   this process, delivery straight into the local hub. The default; one
@@ -11,17 +11,22 @@ One interface, :class:`Broker`, two implementations chosen by URL, as the
   Redis, fan-out over one pub/sub connection per process.
 
 The HTTP layer only calls the methods below; it never sees which broker runs.
+
+A new broker subclasses :class:`Broker`, names its URL schemes in
+``schemes`` (defining the class registers it) and passes the contract suite,
+``tests/test_broker_contract.py``, by adding itself to that suite's fixture.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
 from ..hub import LocalHub, Stream
@@ -115,6 +120,21 @@ class Broker(ABC):
     """
 
     url: str
+    #: The URL schemes this broker serves; defining a subclass that names some
+    #: registers it for :func:`from_url`.
+    schemes: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Only a class naming its own schemes: a subclass of a registered broker
+        # (a test double, a variant) does not take its parent's URLs over.
+        for scheme in cls.__dict__.get("schemes", ()):
+            register(scheme, cls)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Broker:
+        """The broker for ``url`` (one of :attr:`schemes`) with ``options``."""
+        return cls(**options)
 
     def __init__(
         self,
@@ -263,21 +283,47 @@ class Broker(ABC):
         return self.hub.count(channel)
 
 
-def from_url(url: str, **options: Any) -> Broker:
-    """The broker for a ``SIGNAL_BROKER_URL``: ``memory://`` or a Redis URL."""
+#: URL scheme -> the broker class, or where to import it from ("module:Class"),
+#: so that a broker's dependencies (redis-py) load only when it is used.
+_registry: dict[str, type[Broker] | str] = {
+    "memory": "flask_signal.brokers.memory:MemoryBroker",
+    "redis": "flask_signal.brokers.redis:RedisBroker",
+    "rediss": "flask_signal.brokers.redis:RedisBroker",
+    "unix": "flask_signal.brokers.redis:RedisBroker",
+}
+
+
+def register(scheme: str, broker: type[Broker] | str) -> None:
+    """Serve ``scheme://`` URLs with ``broker`` (a class, or ``"module:Class"`` to import
+    on first use)."""
+    _registry[scheme.lower()] = broker
+
+
+def schemes() -> tuple[str, ...]:
+    """The URL schemes a broker is registered for."""
+    return tuple(sorted(_registry))
+
+
+def broker_class(url: str) -> type[Broker]:
+    """The broker class registered for the scheme of ``url``."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme == "memory":
-        from .memory import MemoryBroker
+    entry = _registry.get(scheme)
+    if entry is None:
+        known = ", ".join(f"{name}://" for name in schemes())
+        raise ValueError(f"unsupported broker URL {url!r}: use one of {known}")
+    if isinstance(entry, str):
+        module, _, name = entry.partition(":")
+        entry = getattr(importlib.import_module(module), name)
+        if not (isinstance(entry, type) and issubclass(entry, Broker)):
+            raise TypeError(f"{module}:{name} is not a Broker")
+        _registry[scheme] = entry
+    return entry
 
-        return MemoryBroker(**options)
-    if scheme in ("redis", "rediss", "unix"):
-        from .redis import RedisBroker
 
-        broker: Broker = RedisBroker(url, **options)
-        return broker
-    raise ValueError(
-        f"unsupported broker URL {url!r}: use memory:// or redis://, rediss://, unix://"
-    )
+def from_url(url: str, **options: Any) -> Broker:
+    """The broker for a ``SIGNAL_BROKER_URL``: ``memory://``, a Redis URL, or any
+    registered scheme."""
+    return broker_class(url).from_url(url, **options)
 
 
 # -- event ids ---------------------------------------------------------------------

@@ -87,6 +87,7 @@ class MemoryBroker(Broker):
     """
 
     url = "memory://"
+    schemes = ("memory",)
 
     def __init__(self, *, history_ttl: float = 86400.0, **options: Any) -> None:
         super().__init__(**options)

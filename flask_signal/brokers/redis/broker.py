@@ -1,0 +1,520 @@
+"""The Redis broker: swarms and channel history in Redis, fan-out over pub/sub.
+
+It composes the parts of this package: the key names (:mod:`.keys`), the
+scripts (:mod:`.scripts`), the message format (:mod:`.codec`), the pub/sub
+connection (:mod:`.listener`), the local swarm table (:mod:`.swarms`) and
+liveness (:mod:`.liveness`). Each part is used through its public methods only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis import exceptions as rexc
+
+from ... import framing, signals
+from ...hub import Stream, counts
+from .. import (
+    Broker,
+    BrokerUnavailable,
+    Delivery,
+    Membership,
+    Replay,
+    format_event_id,
+    new_epoch,
+    new_id,
+    split_event_id,
+    token_digest,
+)
+from . import codec
+from .connection import make_pool, unavailable
+from .keys import Keys, decode
+from .listener import Listener, Timing, Topic
+from .liveness import Liveness
+from .scripts import Scripts
+from .swarms import LocalSwarms
+
+log = logging.getLogger("flask_signal")
+
+
+class _Pending:
+    """A subscriber between its SUBSCRIBE and its history read: live events wait here."""
+
+    __slots__ = ("events", "stream")
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.events: dict[int, bytes] = {}
+
+
+class RedisBroker(Broker):
+    """Swarms, channel history and routing in Redis, shared by every process
+    configured with the same URL and ``prefix``.
+
+    ``heartbeat_interval`` and ``peer_ttl`` bound how long a dead process's
+    peers linger (at most ``peer_ttl + heartbeat_interval``); ``swarm_ttl`` is
+    how long a swarm outlives every process that could clean it up;
+    ``history_ttl`` how long a channel's history outlives its last publish.
+    """
+
+    schemes = ("redis", "rediss", "unix")
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "signal:",
+        heartbeat_interval: float = 2.0,
+        peer_ttl: float = 6.0,
+        swarm_ttl: float = 60.0,
+        history_ttl: float = 86400.0,
+        max_connections: int = 10,
+        socket_timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        subscribe_timeout: float = 5.0,
+        ping_interval: float = 5.0,
+        ping_timeout: float = 3.0,
+        max_backoff: float = 5.0,
+        **options: Any,
+    ) -> None:
+        super().__init__(**options)
+        self.url = url
+        self.keys = Keys(prefix)
+        self.prefix = prefix
+        self.history_ttl = history_ttl
+        self.timing = Timing(
+            connect_timeout=connect_timeout,
+            subscribe_timeout=subscribe_timeout,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            max_backoff=max_backoff,
+        )
+        self.pool = make_pool(
+            url,
+            max_connections=max_connections,
+            socket_timeout=socket_timeout,
+            connect_timeout=connect_timeout,
+        )
+        self.redis = redis.Redis(connection_pool=self.pool)
+        self.scripts = Scripts(self.redis)
+        self.swarms = LocalSwarms()
+        self.liveness = Liveness(
+            self.redis,
+            self.keys,
+            self.swarms,
+            leave=self._leave_in_redis,
+            heartbeat_interval=heartbeat_interval,
+            peer_ttl=peer_ttl,
+            swarm_ttl=swarm_ttl,
+            on_beat=self._check_listener,
+        )
+        self.listener = self._new_listener()
+        #: This process's id in Redis; set by :meth:`start`, after any fork.
+        self.process = ""
+        self._started_in: int | None = None
+        self._pending: dict[str, set[_Pending]] = {}
+        self._subscribed: dict[Stream, tuple[bytes, ...]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> RedisBroker:
+        return cls(url, **options)
+
+    def _new_listener(self) -> Listener:
+        return Listener(
+            lambda: self.pool.connection_class(**self.pool.connection_kwargs),
+            on_message=self._on_message,
+            on_lost=self._on_lost,
+            timing=self.timing,
+        )
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the listener, heartbeat and reaper greenlets of this process (idempotent)."""
+        if self._started_in == os.getpid():
+            return
+        self._started_in = os.getpid()
+        self.process = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self.listener = self._new_listener()
+        self.listener.start()
+        self.liveness.start(self.process)
+
+    def halt(self) -> None:
+        """Stop all background work without touching Redis, as a killed process would.
+
+        Other processes reap this one's peers once its heartbeat expires.
+        """
+        self.liveness.stop()
+        self.listener.stop()
+        self._started_in = None
+
+    def close(self) -> None:
+        """Leave every local swarm, end every local stream and release connections."""
+        started = self._started_in is not None
+        members = [(swarm_id, cid) for swarm_id, cid, _ in self.swarms.members()]
+        members += self.swarms.unrecorded
+        self.halt()
+        for stream in self._all_streams():
+            stream.end("shutdown")
+        super().close()
+        if started:
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for swarm_id, cid in members:
+                    self.scripts.leave(**self._leave_call(swarm_id, cid, self.process), client=pipe)
+                self.liveness.forget(pipe)
+                pipe.execute()
+            except (rexc.RedisError, OSError) as exc:
+                log.warning("could not clean up this process's swarms in Redis: %s", exc)
+        self.swarms.clear()
+        self.hub.peers.clear()
+        self.pool.disconnect()
+
+    def reap(self) -> int:
+        """Make the peers of processes whose heartbeat expired leave; returns how many."""
+        return self.liveness.reap()
+
+    def _check_listener(self) -> None:
+        if not self.listener.healthy():
+            log.error("redis pub/sub listener died or stopped receiving; restarting it")
+            self.listener.restart()
+
+    def _all_streams(self) -> list[Stream]:
+        streams = [stream for _, _, stream in self.swarms.members()]
+        streams += self._subscribed
+        return streams
+
+    def healthy(self) -> bool:
+        """Redis answers a PING and this process's pub/sub listener is up."""
+        try:
+            with unavailable():
+                self.redis.ping()
+        except BrokerUnavailable:
+            return False
+        return self.listener.connected and self.listener.healthy()
+
+    def stats(self) -> dict[str, Any]:
+        """What this process holds, for monitoring."""
+        return {
+            "process": self.process,
+            "pubsub_connected": self.listener.connected,
+            "topics": self.listener.held(),
+            "swarms": self.swarms.swarm_count(),
+            "peers": self.swarms.peer_count(),
+            "subscribers": len(self._subscribed),
+        }
+
+    # -- swarms --------------------------------------------------------------------
+
+    def create_swarm(self, stream: Stream) -> Membership:
+        self.start()
+        while True:
+            member = Membership(new_id(), new_id(), new_id(), initiator=True)
+            key = self.keys.swarm(member.id)
+            self.listener.acquire([(key, "swarm", member.id)])
+            try:
+                with unavailable():
+                    created = self.scripts.create(
+                        keys=[key, self.keys.proc_peers(self.process)],
+                        args=[
+                            member.cid,
+                            token_digest(member.token),
+                            self.process,
+                            int(self.liveness.swarm_ttl * 1000),
+                            f"{member.id} {member.cid}",
+                        ],
+                    )
+            except BaseException:
+                self.listener.release([key])
+                raise
+            if created:
+                break
+            self.listener.release([key])  # 128-bit id collision: never in practice
+        stream.swarm_id, stream.cid = member.id, member.cid
+        self.swarms.add_initiator(member.id, member.cid, stream)
+        self.hub.peers[member.cid] = stream
+        stream.put(framing.swarm_event("connect", member.connect_data()))
+        signals.swarm_created.send(self.sender, swarm_id=member.id, cid=member.cid)
+        return member
+
+    def join_swarm(self, swarm_id: str, stream: Stream) -> Membership | None:
+        self.start()
+        member = Membership(swarm_id, new_id(), new_id(), initiator=False)
+        key = self.keys.swarm(swarm_id)
+        self.listener.acquire([(key, "swarm", swarm_id)])
+        # Registered before Redis knows the peer, so that nothing meant for it is
+        # missed; it receives broadcasts only from its own "join" on (see _on_swarm).
+        stream.swarm_id, stream.cid = swarm_id, member.cid
+        self.swarms.add_joining(member.cid, stream)
+        self.hub.peers[member.cid] = stream
+        stream.put(framing.swarm_event("connect", member.connect_data()))
+        joined = 0
+        try:
+            with unavailable():
+                joined = self.scripts.join(
+                    keys=[key, self.keys.proc_peers(self.process)],
+                    args=[
+                        member.cid,
+                        token_digest(member.token),
+                        self.process,
+                        key,
+                        f"{swarm_id} {member.cid}",
+                        codec.joined(member.cid),
+                    ],
+                )
+        finally:
+            if not joined:
+                self.swarms.forget_joining(member.cid)
+                self.hub.peers.pop(member.cid, None)
+                stream.swarm_id = stream.cid = None
+                self.listener.release([key])
+        if not joined:
+            return None
+        signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
+        return member
+
+    def leave_swarm(self, member: Membership, stream: Stream | None = None) -> None:
+        """Forget the peer here at once; tell Redis, or retry later if it is unreachable."""
+        gone, others = self.swarms.remove(member.id, member.cid, initiator=member.initiator)
+        if gone is None:
+            return
+        self.hub.peers.pop(member.cid, None)
+        self.listener.release([self.keys.swarm(member.id)])
+        for other in others:
+            other.end("swarm closed")
+        try:
+            outcome = self._leave_in_redis(member.id, member.cid, self.process)
+        except (rexc.RedisError, OSError) as exc:
+            log.warning("could not record that %s left swarm %s: %s", member.cid, member.id, exc)
+            self.swarms.unrecorded.append((member.id, member.cid))
+            return
+        if outcome == 2:
+            signals.swarm_closed.send(self.sender, swarm_id=member.id, cid=member.cid)
+        elif outcome == 1:
+            signals.peer_left.send(self.sender, swarm_id=member.id, cid=member.cid)
+
+    def _leave_in_redis(self, swarm_id: str, cid: str, process: str) -> int:
+        """Remove a peer from its swarm and from its process's peer set, in one script."""
+        return int(self.scripts.leave(**self._leave_call(swarm_id, cid, process)))
+
+    def _leave_call(self, swarm_id: str, cid: str, process: str) -> dict[str, Any]:
+        key = self.keys.swarm(swarm_id)
+        return {
+            "keys": [key, self.keys.proc_peers(process)],
+            "args": [cid, key, f"{swarm_id} {cid}", codec.left(cid), codec.ended(cid)],
+        }
+
+    def swarm_exists(self, swarm_id: str) -> bool:
+        with unavailable():
+            return bool(self.redis.exists(self.keys.swarm(swarm_id)))
+
+    def authenticate(self, swarm_id: str, token: str) -> Delivery:
+        with unavailable():
+            initiator, cid = self.redis.hmget(
+                self.keys.swarm(swarm_id), ["i", f"t:{token_digest(token)}"]
+            )
+        if initiator is None:
+            return Delivery.NO_SWARM
+        return Delivery.OK if cid is not None else Delivery.BAD_TOKEN
+
+    def signal(
+        self, swarm_id: str, data: Any, *, cid: str | None = None, token: str | None = None
+    ) -> Delivery:
+        frame = framing.swarm_event("signal", data)
+        message = codec.direct(cid, frame) if cid is not None else codec.broadcast(frame)
+        key = self.keys.swarm(swarm_id)
+        digest = token_digest(token) if token is not None else ""
+        with unavailable():
+            code = self.scripts.signal(keys=[key], args=[digest, cid or "", key, message])
+        return Delivery(int(code))
+
+    def swarm_count(self) -> int:
+        return self.swarms.swarm_count()
+
+    def _on_swarm(self, swarm_id: str, payload: bytes) -> None:
+        """A swarm's pub/sub message: deliver it to this process's peers of the swarm."""
+        message = codec.decode(payload)
+        if isinstance(message, codec.Broadcast):
+            peers = self.swarms.streams(swarm_id)
+            for stream in peers:
+                stream.put(message.frame)  # encoded once by the sender, queued as is
+            counts["signals_out"] += len(peers)
+        elif isinstance(message, codec.Direct):
+            target = self.swarms.peer(swarm_id, message.cid)
+            if target is not None:
+                target.put(message.frame)
+                counts["signals_out"] += 1
+        elif isinstance(message, codec.Joined):
+            self.swarms.confirm_join(swarm_id, message.cid)
+            self._to_initiator(swarm_id, "join", message.cid)
+        elif isinstance(message, codec.Left):
+            self._to_initiator(swarm_id, "leave", message.cid)
+        elif isinstance(message, codec.Ended):
+            # The initiator left (or died): every stream of the swarm ends. The
+            # peers stay registered until their leave_swarm, which releases them.
+            for stream in self.swarms.streams(swarm_id) + self.swarms.joining(swarm_id):
+                stream.end("swarm closed")
+
+    def _to_initiator(self, swarm_id: str, event: str, cid: str) -> None:
+        stream = self.swarms.initiator(swarm_id)
+        if stream is not None:
+            stream.put(framing.swarm_event(event, {"id": swarm_id, "cid": cid}))
+
+    # -- channels ------------------------------------------------------------------
+
+    def publish(
+        self,
+        channels: Sequence[str],
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        if id is not None:
+            framing.check_field("id", id)
+        counts["events_in"] += 1
+        # The id is only known inside the script: send the frame around it.
+        frame = framing.message(data, event=event, id="0", retry=retry)
+        head, _, tail = frame.rpartition(b"\nid: 0\n")
+        names = tuple(dict.fromkeys(channels))
+        keys = [self.keys.seq]
+        topics = []
+        for name in names:
+            keys += [self.keys.channel(name), self.keys.channel_meta(name)]
+            topics.append(self.keys.channel(name))
+        args: list[bytes | str | int] = [
+            new_epoch(),
+            self.history_size,
+            int(self.history_ttl * 1000),
+            head + b"\n",
+            tail,
+            id or "",
+            codec.event_marker(event),
+            *topics,
+        ]
+        with unavailable():
+            epoch, seq = self.scripts.publish(keys=keys, args=args)
+        return id if id is not None else format_event_id(decode(epoch), int(seq))
+
+    def publish_all(
+        self,
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> str:
+        # Redis knows which channel topics have a subscriber, in any process.
+        with unavailable():
+            topics = self.redis.pubsub_channels(self.keys.channels_pattern)
+        names = sorted({self.keys.channel_name(topic) for topic in topics} | set(self.hub.channels))
+        return self.publish(names, data, event=event, id=id, retry=retry)
+
+    def subscribe(
+        self, stream: Stream, channels: Sequence[str], last_event_id: str | None = None
+    ) -> Replay:
+        self.start()
+        names = tuple(dict.fromkeys(channels))
+        topics = tuple(self.keys.channel(name) for name in names)
+        pending = _Pending(stream)
+        for name in names:
+            self._pending.setdefault(name, set()).add(pending)
+        try:
+            # Live events are buffered from the moment Redis confirms the
+            # subscription; only then is the history read, so none falls between.
+            self.listener.acquire([(t, "chan", n) for t, n in zip(topics, names, strict=True)])
+            try:
+                history = (
+                    self._read_history(names, last_event_id) if last_event_id is not None else None
+                )
+            except BaseException:
+                self.listener.release(topics)
+                raise
+        finally:
+            for name in names:
+                waiting = self._pending.get(name)
+                if waiting is not None:
+                    waiting.discard(pending)
+                    if not waiting:
+                        del self._pending[name]
+        # From here to hub.subscribe nothing yields: the listener cannot slip in.
+        after, current, lost, events = history if history is not None else (0, 0, False, {})
+        for seq, frame in pending.events.items():
+            if seq > after:
+                events[seq] = frame
+        stream.last_seq = max(current, *events) if events else current
+        self._subscribed[stream] = topics
+        for name in self.hub.subscribe(stream, names):
+            signals.channel_opened.send(self.sender, channel=name)
+        return Replay([events[seq] for seq in sorted(events)], lost)
+
+    def _read_history(
+        self, names: Sequence[str], last_event_id: str
+    ) -> tuple[int, int, bool, dict[int, bytes]]:
+        keys = [self.keys.seq]
+        for name in names:
+            keys += [self.keys.channel(name), self.keys.channel_meta(name)]
+        parts = split_event_id(last_event_id)
+        head, tail = (parts[0], str(parts[1])) if parts is not None else ("", "")
+        with unavailable():
+            reply = self.scripts.replay(keys=keys, args=[last_event_id, head, tail])
+        current, lost, after, flat = int(reply[1]), bool(reply[2]), int(reply[3]), reply[4:]
+        events = {int(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
+        return after, current, lost, events
+
+    def unsubscribe(self, stream: Stream) -> None:
+        topics = self._subscribed.pop(stream, None)
+        if topics is None:
+            return
+        for name in self.hub.unsubscribe(stream):
+            signals.channel_emptied.send(self.sender, channel=name)
+        self.listener.release(topics)
+
+    def close_channel(self, channel: str) -> None:
+        self.hub.end_channel(channel)
+        with unavailable():
+            self.redis.publish(self.keys.channel(channel), codec.closed(self.process))
+
+    def _on_channel(self, channel: str, payload: bytes) -> None:
+        message = codec.decode(payload)
+        if isinstance(message, codec.Closed):
+            if message.process != self.process:
+                self.hub.end_channel(channel)
+            return
+        if not isinstance(message, codec.Event):
+            return
+        for pending in self._pending.get(channel, ()):
+            pending.events[message.seq] = message.frame
+        if channel not in self.hub.channels:
+            return
+        reached = self.hub.deliver(channel, message.seq, message.frame)
+        signals.message_published.send(
+            self.sender, channel=channel, id=message.id, event=message.event, clients=reached
+        )
+
+    # -- pub/sub callbacks -------------------------------------------------------------
+
+    def _on_message(self, topic: Topic, payload: bytes) -> None:
+        if topic.kind == "swarm":
+            self._on_swarm(topic.key, payload)
+        else:
+            self._on_channel(topic.key, payload)
+
+    def _on_lost(self) -> None:
+        """The pub/sub connection failed: what it carried may be lost, so every stream
+        of this process ends and its clients reconnect (to a healthy process, or later)."""
+        streams = self._all_streams() + list(self.hub.streams)
+        streams = [stream for stream in set(streams) if not stream.ended]
+        if streams:
+            log.warning("ending %d streams: Redis pub/sub connection lost", len(streams))
+        for stream in streams:
+            stream.end("broker unavailable")
+        for waiting in self._pending.values():
+            for pending in waiting:
+                pending.stream.end("broker unavailable")

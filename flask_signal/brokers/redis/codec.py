@@ -1,0 +1,160 @@
+"""The pub/sub message format: what one process tells the others through Redis.
+
+Every message is bytes on a topic named after the swarm or channel it concerns
+(see :mod:`.keys`). Its first byte says what it is:
+
+=========  ====================================  ======================================
+kind       bytes                                 meaning
+=========  ====================================  ======================================
+broadcast  ``b\\n<frame>``                        a signal frame for every peer of the swarm
+direct     ``d <cid>\\n<frame>``                  a signal frame for one peer
+joined     ``j <cid>``                           a peer joined (tell the initiator)
+left       ``l <cid>``                           a peer left (tell the initiator)
+ended      ``e <cid>``                           the initiator left: every stream of the swarm ends
+event      ``m <seq> <marker>\\n<id>\\n<frame>``   a channel event; marker ``=<event>`` or empty
+closed     ``c <process>``                       the channel was closed by ``process``
+=========  ====================================  ======================================
+
+Frames are complete SSE frames, encoded once by the sender and queued as the
+same bytes by every receiver. The event message is assembled inside the
+publish script (only it knows the sequence number); :func:`event` builds the
+same bytes and the tests hold the two to each other.
+
+The format is kept stable across releases, so that processes of two versions
+sharing one Redis (a rolling deploy) understand each other; a receiver ignores
+a kind it does not know (:func:`decode` returns ``None``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Broadcast(NamedTuple):
+    frame: bytes
+
+
+class Direct(NamedTuple):
+    cid: str
+    frame: bytes
+
+
+class Joined(NamedTuple):
+    cid: str
+
+
+class Left(NamedTuple):
+    cid: str
+
+
+class Ended(NamedTuple):
+    cid: str
+
+
+class Event(NamedTuple):
+    seq: int
+    id: str
+    #: The SSE ``event:`` name, ``None`` for the default "message".
+    event: str | None
+    frame: bytes
+
+
+class Closed(NamedTuple):
+    process: str
+
+
+Message = Broadcast | Direct | Joined | Left | Ended | Event | Closed
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+# -- encoding ----------------------------------------------------------------------
+
+
+def broadcast(frame: bytes) -> bytes:
+    return b"b\n" + frame
+
+
+def direct(cid: str, frame: bytes) -> bytes:
+    return b"d " + _raw(cid) + b"\n" + frame
+
+
+def joined(cid: str) -> bytes:
+    return b"j " + _raw(cid)
+
+
+def left(cid: str) -> bytes:
+    return b"l " + _raw(cid)
+
+
+def ended(cid: str) -> bytes:
+    return b"e " + _raw(cid)
+
+
+def event_marker(event: str | None) -> str:
+    """The marker an event message carries for its SSE event name."""
+    return "" if event is None else f"={event}"
+
+
+def event(seq: int, id: str, event: str | None, frame: bytes) -> bytes:
+    """An event message; the publish script builds the same bytes."""
+    return b"m %d %s\n%s\n%s" % (seq, _raw(event_marker(event)), _raw(id), frame)
+
+
+def closed(process: str) -> bytes:
+    return b"c " + _raw(process)
+
+
+# -- decoding ----------------------------------------------------------------------
+
+
+def decode(payload: bytes) -> Message | None:
+    """The message ``payload`` holds; ``None`` for a kind this version does not know
+    or a malformed payload."""
+    try:
+        return _decode(payload)
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode(payload: bytes) -> Message | None:
+    kind = payload[:1]
+    if kind == b"b":
+        if payload[1:2] != b"\n":
+            return None
+        return Broadcast(payload[2:])
+    if kind == b"d":
+        head, sep, frame = payload.partition(b"\n")
+        if not sep or head[1:2] != b" ":
+            return None
+        return Direct(_text(head[2:]), frame)
+    if kind in (b"j", b"l", b"e", b"c"):
+        if payload[1:2] != b" ":
+            return None
+        value = _text(payload[2:])
+        if kind == b"j":
+            return Joined(value)
+        if kind == b"l":
+            return Left(value)
+        if kind == b"e":
+            return Ended(value)
+        return Closed(value)
+    if kind == b"m":
+        parts = payload.split(b"\n", 2)
+        if len(parts) != 3:
+            return None
+        header, id_, frame = parts
+        fields = header.split(b" ", 2)
+        if len(fields) != 3 or not fields[1].isdigit():
+            return None
+        marker = fields[2]
+        if marker and marker[:1] != b"=":
+            return None
+        return Event(int(fields[1]), _text(id_), _text(marker[1:]) if marker else None, frame)
+    return None

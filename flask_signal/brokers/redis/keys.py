@@ -1,0 +1,62 @@
+"""The names of everything the Redis broker keeps in Redis, in one place.
+
+All names start with the prefix (``signal:`` by default). Every key and topic
+of one swarm or one channel carries the same hash tag (``{<id>}``,
+``{<name>}``), so that the scripts touching one swarm or channel touch one
+Cluster slot. Topics have the same names as the keys they concern.
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def decode(raw: bytes | str) -> str:
+    return raw if isinstance(raw, str) else raw.decode("utf-8", "surrogatepass")
+
+
+class Keys:
+    """Key and topic names under one prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("the Redis prefix must not contain braces (they are hash tags)")
+        self.prefix = prefix
+        #: The sequencer behind hub-assigned event ids (hash: epoch, seq).
+        self.seq = encode(f"{prefix}seq")
+        #: The processes to watch (set).
+        self.procs = encode(f"{prefix}procs")
+        #: The reaper's lock (string).
+        self.reaper = encode(f"{prefix}reaper")
+        #: A PUBSUB CHANNELS pattern matching every channel topic.
+        self.channels_pattern = encode(re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "chan:{*}")
+        self._channel_start = len(encode(f"{prefix}chan:{{"))
+
+    def swarm(self, swarm_id: str) -> bytes:
+        """A swarm's hash, and its topic."""
+        return encode(f"{self.prefix}swarm:{{{swarm_id}}}")
+
+    def channel(self, name: str) -> bytes:
+        """A channel's history (stream), and its topic."""
+        return encode(f"{self.prefix}chan:{{{name}}}")
+
+    def channel_meta(self, name: str) -> bytes:
+        """A channel history's epoch and highest evicted sequence number (hash)."""
+        return self.channel(name) + b":meta"
+
+    def channel_name(self, topic: bytes | str) -> str:
+        """The channel a channel topic names."""
+        raw = topic if isinstance(topic, bytes) else encode(topic)
+        return decode(raw[self._channel_start : -1])
+
+    def proc(self, process: str) -> bytes:
+        """A process's heartbeat (string with a TTL)."""
+        return encode(f"{self.prefix}proc:{{{process}}}")
+
+    def proc_peers(self, process: str) -> bytes:
+        """The peers whose streams a process holds (set of ``"<swarm id> <cid>"``)."""
+        return encode(f"{self.prefix}proc:{{{process}}}:peers")

@@ -1,0 +1,175 @@
+"""Liveness across processes: heartbeats, the reaper, and the fence.
+
+Each process renews its heartbeat key every ``heartbeat_interval``; it expires
+after ``peer_ttl``. Each process also records, in its peer set, the peers
+whose streams it holds. When a heartbeat expires, a reaper (one process per
+interval, under a lock) makes that process's peers leave their swarms. When a
+process finds its own heartbeat gone (it was reaped, or Redis lost its data),
+the fence ends its local streams of peers Redis no longer knows.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from redis import exceptions as rexc
+
+from .keys import Keys, decode
+from .swarms import LocalSwarms
+
+log = logging.getLogger("flask_signal")
+
+#: Makes a peer of a process leave in Redis: (swarm id, cid, process) -> leave outcome.
+Leave = Callable[[str, str, str], int]
+
+
+class Liveness:
+    """The heartbeat and reaper greenlets of one process."""
+
+    def __init__(
+        self,
+        client: Any,
+        keys: Keys,
+        swarms: LocalSwarms,
+        *,
+        leave: Leave,
+        heartbeat_interval: float = 2.0,
+        peer_ttl: float = 6.0,
+        swarm_ttl: float = 60.0,
+        on_beat: Callable[[], None] | None = None,
+    ) -> None:
+        if not 0 < heartbeat_interval * 2 <= peer_ttl:
+            raise ValueError("peer_ttl must be at least twice heartbeat_interval")
+        self.client = client
+        self.keys = keys
+        self.swarms = swarms
+        self.leave = leave
+        self.heartbeat_interval = heartbeat_interval
+        self.peer_ttl = peer_ttl
+        self.swarm_ttl = max(swarm_ttl, peer_ttl * 2)
+        #: Called after every heartbeat, successful or not (the broker checks its listener).
+        self.on_beat = on_beat
+        self.process = ""
+        self._greenlets: list[gevent.Greenlet[Any, Any]] = []
+        self._beats = 0
+        self._refreshed = 0.0
+
+    def start(self, process: str) -> None:
+        self.process = process
+        self._beats = 0
+        self._refreshed = 0.0
+        self._greenlets = [gevent.spawn(self._heartbeat_loop), gevent.spawn(self._reaper_loop)]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets, block=False)
+        self._greenlets = []
+
+    def forget(self, pipe: Any) -> None:
+        """Queue on ``pipe`` the removal of this process's heartbeat and registration."""
+        pipe.delete(self.keys.proc(self.process), self.keys.proc_peers(self.process))
+        pipe.srem(self.keys.procs, self.process)
+
+    # -- heartbeat -------------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except (rexc.RedisError, OSError) as exc:
+                log.debug("heartbeat failed: %s", exc)
+            except Exception:
+                log.exception("flask_signal: heartbeat failed")
+            if self.on_beat is not None:
+                self.on_beat()
+            gevent.sleep(self.heartbeat_interval)
+
+    def beat(self) -> None:
+        """Renew this process's heartbeat and its swarms' TTLs; record pending leaves."""
+        alive = self.keys.proc(self.process)
+        peers_key = self.keys.proc_peers(self.process)
+        ttl = int(self.swarm_ttl * 1000)
+        pipe = self.client.pipeline(transaction=False)
+        # SET before SADD: a reaper never sees this process without its heartbeat.
+        pipe.set(alive, b"1", px=int(self.peer_ttl * 1000), get=True)
+        pipe.sadd(self.keys.procs, self.process)
+        pipe.pexpire(self.keys.procs, ttl * 10)
+        pipe.pexpire(peers_key, ttl)
+        now = time.monotonic()
+        refresh = now - self._refreshed >= self.swarm_ttl / 3
+        if refresh:
+            for swarm_id in self.swarms.initiated():
+                pipe.pexpire(self.keys.swarm(swarm_id), ttl)
+        previous = pipe.execute()[0]
+        if refresh:
+            self._refreshed = now
+        if previous is None and self._beats:
+            self.fence()
+        self._beats += 1
+        unrecorded = self.swarms.unrecorded
+        while unrecorded:
+            swarm_id, cid = unrecorded[0]
+            self.leave(swarm_id, cid, self.process)
+            unrecorded.pop(0)
+
+    def fence(self) -> None:
+        """Redis forgot this process (it missed heartbeats and was reaped, or Redis lost
+        its data): end the local streams of peers Redis no longer knows, whose swarms
+        would never deliver to them again."""
+        local = list(self.swarms.confirmed())
+        pipe = self.client.pipeline(transaction=False)
+        for swarm_id, cid, _ in local:
+            pipe.hexists(self.keys.swarm(swarm_id), f"k:{cid}")
+        gone = [s for (_, _, s), known in zip(local, pipe.execute(), strict=True) if not known]
+        if gone:
+            log.warning("heartbeat had expired; ending %d swarm streams Redis forgot", len(gone))
+        for stream in gone:
+            stream.end("broker unavailable")
+
+    # -- reaper ----------------------------------------------------------------------
+
+    def _reaper_loop(self) -> None:
+        while True:
+            gevent.sleep(self.heartbeat_interval * random.uniform(0.8, 1.2))
+            try:
+                self.reap()
+            except (rexc.RedisError, OSError) as exc:
+                log.debug("reaper failed: %s", exc)
+            except Exception:
+                log.exception("flask_signal: reaper failed")
+
+    def reap(self) -> int:
+        """Make the peers of processes whose heartbeat expired leave; returns how many.
+
+        Every process runs this; a ``SET NX PX`` lock lets one do it per interval.
+        """
+        keys = self.keys
+        lock_ttl = int(self.heartbeat_interval * 1000)
+        if not self.client.set(keys.reaper, self.process, nx=True, px=lock_ttl):
+            return 0
+        processes = [p for p in self.client.smembers(keys.procs) if decode(p) != self.process]
+        if not processes:
+            return 0
+        pipe = self.client.pipeline(transaction=False)
+        for process in processes:
+            pipe.exists(keys.proc(decode(process)))
+        dead = [decode(p) for p, alive in zip(processes, pipe.execute(), strict=True) if not alive]
+        reaped = 0
+        for process in dead:
+            peers = self.client.smembers(keys.proc_peers(process))
+            log.warning(
+                "process %s stopped its heartbeat: removing its %d peers", process, len(peers)
+            )
+            for entry in peers:
+                swarm_id, _, cid = decode(entry).partition(" ")
+                if self.leave(swarm_id, cid, process):
+                    reaped += 1
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(keys.proc_peers(process))
+            pipe.srem(keys.procs, process)
+            pipe.execute()
+        return reaped

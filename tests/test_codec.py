@@ -1,0 +1,120 @@
+# ruff: noqa: F811 - pytest fixtures imported from redis_support are parameters here
+"""The Redis broker's pub/sub message format (flask_signal.brokers.redis.codec)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flask_signal import framing
+from flask_signal.brokers.redis import RedisBroker, codec
+from flask_signal.hub import LocalHub
+
+from .broker_support import stream
+from .redis_support import prefix, redis_url  # noqa: F401 - fixtures
+
+cids = st.text(st.characters(blacklist_categories=["Cs"]), max_size=40)
+frames = st.binary(max_size=200)
+
+
+@given(cid=cids, frame=frames)
+def test_swarm_messages_round_trip(cid: str, frame: bytes) -> None:
+    assert codec.decode(codec.broadcast(frame)) == codec.Broadcast(frame)
+    if "\n" not in cid:
+        assert codec.decode(codec.direct(cid, frame)) == codec.Direct(cid, frame)
+    assert codec.decode(codec.joined(cid)) == codec.Joined(cid)
+    assert codec.decode(codec.left(cid)) == codec.Left(cid)
+    assert codec.decode(codec.ended(cid)) == codec.Ended(cid)
+    assert codec.decode(codec.closed(cid)) == codec.Closed(cid)
+
+
+@given(
+    seq=st.integers(min_value=0, max_value=10**15),
+    id=st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\n\r\0")),
+    event=st.none() | st.text(st.characters(blacklist_categories=["Cs"]).filter(str.isalnum)),
+    frame=frames,
+)
+def test_event_messages_round_trip(seq: int, id: str, event: str | None, frame: bytes) -> None:
+    assert codec.decode(codec.event(seq, id, event, frame)) == codec.Event(seq, id, event, frame)
+
+
+def test_the_bytes_are_the_documented_ones() -> None:
+    assert codec.broadcast(b"f") == b"b\nf"
+    assert codec.direct("c1", b"f") == b"d c1\nf"
+    assert codec.joined("c1") == b"j c1"
+    assert codec.left("c1") == b"l c1"
+    assert codec.ended("c1") == b"e c1"
+    assert codec.closed("host:1:ab") == b"c host:1:ab"
+    assert (
+        codec.event(7, "e-7", None, b"data: 1\nid: e-7\n\n") == b"m 7 \ne-7\ndata: 1\nid: e-7\n\n"
+    )
+    assert codec.event(7, "x", "up", b"f") == b"m 7 =up\nx\nf"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"x", b"b", b"bx", b"d", b"d c1", b"dc1\nf", b"j", b"jc1", b"m", b"m 1", b"m 1 \nid",
+     b"m x \nid\nf", b"m 1 up\nid\nf", b"m -1 \nid\nf", b"j \xff", b"z anything"],
+)  # fmt: skip
+def test_unknown_or_malformed_messages_are_ignored(payload: bytes) -> None:
+    assert codec.decode(payload) is None
+
+
+@given(st.binary(max_size=100))
+def test_decode_never_raises(payload: bytes) -> None:
+    codec.decode(payload)
+
+
+# -- what the scripts publish is what the codec reads ---------------------------------
+
+
+@pytest.fixture
+def broker(redis_url: str, prefix: str) -> Iterator[RedisBroker]:
+    b = RedisBroker(redis_url, hub=LocalHub(), prefix=prefix, history_size=10)
+    b.start()
+    yield b
+    b.close()
+
+
+def _messages(pubsub: redis.client.PubSub, count: int) -> list[bytes]:
+    out: list[bytes] = []
+    deadline = time.monotonic() + 5
+    while len(out) < count and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message is not None and message["type"] == "message":
+            out.append(message["data"])
+    return out
+
+
+def test_scripts_publish_codec_messages(broker: RedisBroker, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    initiator = stream()
+    m1 = broker.create_swarm(initiator)
+    pubsub.subscribe(broker.keys.swarm(m1.id), broker.keys.channel("news"))
+    _messages(pubsub, 0)
+    pubsub.get_message(timeout=1), pubsub.get_message(timeout=1)  # the confirmations
+
+    m2 = broker.join_swarm(m1.id, stream())
+    assert m2 is not None
+    broker.signal(m1.id, {"a": 1}, token=m2.token)
+    broker.signal(m1.id, "hi", cid=m1.cid)
+    event_id = broker.publish(["news"], "text", event="up")
+    broker.leave_swarm(m2)
+    broker.leave_swarm(m1)
+    got = [codec.decode(m) for m in _messages(pubsub, 6)]
+    seq = int(event_id.rpartition("-")[2])
+    assert got == [
+        codec.Joined(m2.cid),
+        codec.Broadcast(framing.swarm_event("signal", {"a": 1})),
+        codec.Direct(m1.cid, framing.swarm_event("signal", "hi")),
+        codec.Event(seq, event_id, "up", framing.message("text", event="up", id=event_id)),
+        codec.Left(m2.cid),
+        codec.Ended(m1.cid),
+    ]
+    pubsub.close()
