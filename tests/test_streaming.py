@@ -30,6 +30,7 @@ from flask_signal.streaming import (
     capture_start_response,
     direct_socket,
 )
+from tests.servers import start_gunicorn
 from tests.support import Peer, start_server
 
 pytestmark = pytest.mark.timeout(20)
@@ -45,9 +46,11 @@ class Served:
         self.server = StreamServer(("127.0.0.1", 0), partial(http.handle, ("127.0.0.1", "0")))
         self.server.start()
         self.client: Any = gevent.socket.socket()
-        # Small, so that a large frame cannot be sent whole (set before
-        # connecting: shrinking an open connection's window stalls it).
-        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # Far below the 8 MB frame below, so that it cannot be sent whole, yet
+        # not so small that its transfer takes thousands of round trips on a
+        # busy machine (set before connecting: shrinking an open connection's
+        # window stalls it).
+        self.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         self.client.connect(self.server.address)
         self.received = b""
 
@@ -56,7 +59,7 @@ class Served:
         return EventStream(self.stream, on_close=partial(self.closed.append, True), environ=environ)
 
     def read_until(self, marker: bytes) -> bytes:
-        with gevent.Timeout(5):
+        with gevent.Timeout(10):
             while marker not in self.received:
                 data = self.client.recv(65536)
                 assert data, f"closed; received {self.received!r}"
@@ -162,7 +165,20 @@ def test_streams_over_tls_are_written_through_the_tls_socket(tmp_path: Path) -> 
          "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )  # fmt: skip
-    srv = start_server(tmp_path, extra_args=["--certfile", str(cert), "--keyfile", str(key)])
+    srv = start_gunicorn(
+        "tests.apps:create_app()",
+        *("--certfile", str(cert), "--keyfile", str(key), "--log-level", "warning"),
+        env={"SIGNAL_TEST_SETTINGS": "{}"},
+        log=tmp_path / "server.log",
+    )
+    deadline = time.monotonic() + 20
+    while True:  # until a worker answers, over TLS
+        try:
+            requests.get(f"https://127.0.0.1:{srv.port}/_test/stats", verify=False, timeout=5)
+            break
+        except requests.RequestException:
+            assert time.monotonic() < deadline, srv.output()
+            time.sleep(0.05)
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
