@@ -24,6 +24,11 @@ The keys, topics, scripts, message format and failure behaviour are described
 for operators in the documentation's scale-out page.
 """
 
+try:
+    import redis  # noqa: F401 - redis-py, from the [redis] extra
+except ImportError as exc:  # pragma: no cover - depends on what is installed
+    raise ImportError("the Redis broker needs redis-py: pip install 'flask-signal[redis]'") from exc
+
 from .broker import RedisBroker
 
 __all__ = ["RedisBroker"]
