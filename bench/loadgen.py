@@ -23,7 +23,9 @@ from .procs import (
     Server,
     client_connections,
     cpu_seconds,
+    forked,
     machine_busy_seconds,
+    own_cpu_seconds,
     rss_kb,
 )
 
@@ -110,29 +112,40 @@ def run(
     cpu0 = {pid: cpu_seconds(pid) for pid in measured}
     machine0, t0 = machine_busy_seconds(), time.perf_counter()
     before = os.times()
+    own0 = own_cpu_seconds()
     proc = subprocess.Popen(
         cmd, cwd=script.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     # While it runs: the most Redis connections any worker held (the pool's high-water mark).
     most_redis = redis_connections(server)
     deadline = time.monotonic() + timeout
+    pause = 0.25
     while proc.poll() is None:
         if time.monotonic() > deadline:
             proc.kill()
             proc.wait()
             raise RuntimeError(f"the load generator ran over {timeout:g} s")
-        time.sleep(0.25)
+        time.sleep(pause)
+        looked = time.perf_counter()
         now = redis_connections(server)
         most_redis = [max(a, b) for a, b in zip(most_redis, now, strict=True)]
+        # Each look reads /proc/net/tcp, long with 10k streams: at most 5 % of a core.
+        pause = max(0.25, 20 * (time.perf_counter() - looked))
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
+    if server.forks and sorted(forked(server.proc.pid)) != sorted(workers):
+        raise RuntimeError(
+            f"workers {workers} were replaced by {forked(server.proc.pid)} during the run:\n"
+            + server.log_tail()
+        )
     after = os.times()
     generator = (after.children_user - before.children_user) + (
         after.children_system - before.children_system
     )
     server_cpu = sum(cpu_seconds(pid) - t for pid, t in cpu0.items())
-    # Everything else the machine did meanwhile (this process is asleep in the loop above).
-    others = (machine_busy_seconds() - machine0 - generator - server_cpu) / wall
+    own = own_cpu_seconds() - own0
+    # Everything else the machine did meanwhile.
+    others = (machine_busy_seconds() - machine0 - generator - server_cpu - own) / wall
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join(err.strip().splitlines()[-5:])
@@ -146,6 +159,7 @@ def run(
             "others": round(max(others, 0.0), 3),
             "contended": others > 0.25,
             "whole_run_s": round(wall, 2),
+            "bench": round(own / wall, 3),
         }
     )
     if server.redis is not None:

@@ -78,6 +78,21 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def forked(pid: int) -> list[int]:
+    """Children of ``pid`` running its own program: forked workers, not a helper it ran
+    (an import may run ``ldconfig``, which would pass for a worker while it lives)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return []
+    found = []
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{child}/exe") == exe:
+                found.append(child)
+    return found
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -191,7 +206,7 @@ class Server:
 
     def worker_pids(self) -> list[int]:
         if not self._pids:
-            self._pids = children(self.proc.pid) if self.forks else [self.proc.pid]
+            self._pids = forked(self.proc.pid) if self.forks else [self.proc.pid]
         return self._pids
 
     def server_pids(self) -> list[int]:
@@ -270,7 +285,7 @@ def launch(
     try:
         wait_for_port(port, proc, timeout)
         deadline = time.monotonic() + 10
-        while forks and len(children(proc.pid)) < workers:
+        while forks and len(forked(proc.pid)) < workers:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{workers} workers did not start")
             time.sleep(0.05)
