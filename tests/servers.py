@@ -549,13 +549,12 @@ def prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}:"
 
 
-@pytest.fixture(scope="session")
-def node_modules() -> Path:
+def install_node_modules() -> Path:
     """tests/compat/node_modules, installed with ``npm ci`` when missing or older than
     the lock file; fails under CI (skips elsewhere) without Node."""
     target = COMPAT / "node_modules"
     if shutil.which("node") is None or shutil.which("npm") is None:
-        unavailable("the compatibility tests need Node.js and npm")
+        unavailable("the Node.js tests need node and npm")
     lock = COMPAT / "package-lock.json"
     stamp = target / ".package-lock.json"  # written by npm ci
     if not stamp.is_file() or stamp.stat().st_mtime < lock.stat().st_mtime:
@@ -570,3 +569,9 @@ def node_modules() -> Path:
         if done.returncode != 0:
             pytest.fail(f"npm ci in tests/compat failed:\n{done.stderr}", pytrace=False)
     return target
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """tests/compat/node_modules, installed if need be (see :func:`install_node_modules`)."""
+    return install_node_modules()

@@ -6,20 +6,18 @@ worker and the ``flask-signal`` command.
 
 from __future__ import annotations
 
-import os
 import re
 import signal as os_signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gevent
 import pytest
 import requests
 
-from tests.support import ROOT, SSE, Peer, Server, free_port, start_server, wait_for_port
+from tests.servers import Process
+from tests.support import SSE, Peer, Server, free_port, start_server
 
 pytestmark = pytest.mark.single_process
 
@@ -103,29 +101,14 @@ def test_max_requests_restart_drains(tmp_path: Path, worker: str) -> None:
         srv.stop()
 
 
-def test_the_command_drains_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    log = open(tmp_path / "command.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flask_signal", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    try:
-        wait_for_port(port, proc)
-        streams = open_streams(f"http://127.0.0.1:{port}")
-        start = time.monotonic()
-        proc.send_signal(os_signal.SIGTERM)
-        assert_drained(streams)
-        proc.wait(5)
-        assert time.monotonic() - start < 5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+def test_the_command_drains_on_sigterm(command: Callable[..., Process]) -> None:
+    cmd = command()
+    streams = open_streams(cmd.url)
+    start = time.monotonic()
+    cmd.proc.send_signal(os_signal.SIGTERM)
+    assert_drained(streams)
+    cmd.proc.wait(5)
+    assert time.monotonic() - start < 5
 
 
 def test_a_draining_process_turns_streams_away_with_a_retry() -> None:

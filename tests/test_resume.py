@@ -9,9 +9,7 @@ cuts its connection.
 from __future__ import annotations
 
 import json
-import os
 import selectors
-import shutil
 import socket
 import struct
 import subprocess
@@ -23,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.servers import install_node_modules
 from tests.support import SSE, Peer, Server
 
 pytestmark = pytest.mark.single_process
@@ -265,10 +264,7 @@ class CuttingProxy:
 
 
 def need_node() -> None:
-    if shutil.which("node") is None or not (COMPAT / "node_modules").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail("Node and tests/compat/node_modules are required under CI")
-        pytest.skip("needs node and `npm ci` in tests/compat")
+    install_node_modules()  # npm ci when missing; fails under CI without Node
 
 
 def node_process(*args: str) -> subprocess.Popen[str]:
