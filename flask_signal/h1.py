@@ -436,6 +436,8 @@ class H1Parser:
         """The next event (see the module's docstring)."""
         state = self.state
         if state == _HEAD:
+            if not self.buf:  # between requests, the usual wait
+                return CLOSED if self.eof else NEED_DATA
             return self._head()
         if state == _LENGTH:
             buf = self.buf
