@@ -32,17 +32,23 @@ def create_app() -> Flask:
 
         return record
 
-    for name in (
-        "swarm_created",
-        "peer_joined",
-        "peer_left",
-        "swarm_closed",
-        "client_connected",
-        "client_disconnected",
-        "channel_opened",
-        "channel_emptied",
-        "message_published",
-    ):
+    # Churn tests run without the record, which grows with every stream.
+    recorded = (
+        ()
+        if os.environ.get("SIGNAL_TEST_NO_RECORD")
+        else (
+            "swarm_created",
+            "peer_joined",
+            "peer_left",
+            "swarm_closed",
+            "client_connected",
+            "client_disconnected",
+            "channel_opened",
+            "channel_emptied",
+            "message_published",
+        )
+    )
+    for name in recorded:
         getattr(signals, name).connect(recorder(name), app, weak=False)
 
     hooked: list[str] = []
@@ -122,6 +128,31 @@ def create_app() -> Flask:
     def stats() -> Any:
         return jsonify(
             {**signal.stats(), "count": signal.connection_count(request.args.get("channel"))}
+        )
+
+    @app.get("/_test/process")
+    def process() -> Any:
+        """What the worker holds: descriptors, greenlets, resident memory (for churn tests)."""
+        import gc
+
+        import greenlet
+
+        gc.collect()
+        rss = 0
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+        return jsonify(
+            fds=len(os.listdir("/proc/self/fd")),
+            greenlets=sum(
+                isinstance(o, greenlet.greenlet) and not o.dead for o in gc.get_objects()
+            ),
+            rss=rss,
+            peers=len(signal.broker.hub.peers),
+            channels=len(signal.broker.hub.channels),
+            streams=len(signal.broker.hub.streams),
+            swarms=signal.broker.swarm_count(),
         )
 
     @signal.stream("/rooms/<room>/feed")
