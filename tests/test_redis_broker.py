@@ -9,9 +9,15 @@ serves no HTTP at all.
 
 from __future__ import annotations
 
+import json
+import os
+import signal as signal_module
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,8 +25,8 @@ import gevent
 import pytest
 import redis
 
-from flask_signal.brokers import BrokerUnavailable, Delivery, Membership
-from flask_signal.brokers.redis import RedisBroker
+from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, OutcomeUnknown
+from flask_signal.brokers.redis import RedisBroker, codec
 from flask_signal.hub import LocalHub, Stream
 
 from .broker_support import (
@@ -39,6 +45,9 @@ from .redis_support import RedisServer, own_redis, prefix, redis_url  # noqa: F4
 pytestmark = pytest.mark.timeout(90)
 
 Factory = Callable[..., RedisBroker]
+
+#: What once.lua adds to a state-changing script: GET and SET of its operation key.
+ONCE = {"get": 1, "set": 1}
 
 
 @pytest.fixture
@@ -284,6 +293,9 @@ def test_a_dead_listener_is_restarted(make: Factory) -> None:
 def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
     """Each hot operation sends the Redis commands it was designed with, and no more.
 
+    Every script that changes state also reads and writes its operation key
+    (``ONCE``), so that a copy of it never takes effect twice.
+
     INFO commandstats also counts what a script runs; the round trips are the
     commands the broker sends itself, named first in each expectation.
     """
@@ -321,13 +333,13 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
 
     assert sent(lambda: b.swarm_exists(m1.id)) == {"exists": 1}
     direct = sent(lambda: b.signal(m1.id, "hi", cid=m1.cid, token=m2.token))
-    assert direct == {"evalsha": 1, "hmget": 1, "publish": 1}
+    assert direct == {"evalsha": 1, "hmget": 1, "publish": 1, **ONCE}
     assert event_of(s1) == ("signal", "hi")
     broadcast = sent(lambda: a.signal(m1.id, "all", token=m1.token))
-    assert broadcast == {"evalsha": 1, "hmget": 1, "publish": 1}
+    assert broadcast == {"evalsha": 1, "hmget": 1, "publish": 1, **ONCE}
     assert event_of(s1) == event_of(s2) == ("signal", "all")
     refused = sent(lambda: b.signal(m1.id, "x", token="wrong"))
-    assert refused == {"evalsha": 1, "hmget": 1}
+    assert refused == {"evalsha": 1, "hmget": 1, **ONCE}
 
     created = sent(lambda: a.create_swarm(stream()))
     assert created == {
@@ -337,6 +349,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "hset": 1,
         "pexpire": 1,
         "sadd": 1,
+        **ONCE,
     }
     # A join from a process that holds no stream of the swarm yet subscribes to it.
     s3 = stream()
@@ -348,6 +361,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "hset": 1,
         "sadd": 1,
         "publish": 1,
+        **ONCE,
     }
     m3 = joined[0]
     assert m3 is not None
@@ -359,6 +373,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "hget": 2,
         "hdel": 1,
         "publish": 1,
+        **ONCE,
     }
     assert event_of(s1) == ("leave", {"id": m1.id, "cid": m3.cid})
     # b still holds m2's stream: its topic stays, nothing but the script is sent.
@@ -368,6 +383,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "hset": 1,
         "sadd": 1,
         "publish": 1,
+        **ONCE,
     }
 
     assert sent(lambda: a.publish(["c"], 1)) == {
@@ -378,6 +394,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "xadd": 1,
         "pexpire": 2,
         "publish": 1,
+        **ONCE,
     }
     assert sent(lambda: a.subscribe(stream(), ["d"])) == {"subscribe": 1}
     # "c" is held already: no SUBSCRIBE, one script reads the history.
@@ -403,3 +420,176 @@ def test_pooled_connection_check(make: Factory) -> None:
         broker.pool.release(conn)
     assert broker.swarm_exists("0" * 32) is False  # on a new connection, no error
     assert broker.redis.client_id() != conn_id
+
+
+# -- exactly once ------------------------------------------------------------------
+
+
+class _Observer(threading.Thread):
+    """Every message Redis publishes on some topics, as seen by a plain client."""
+
+    def __init__(self, url: str, topics: list[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.pubsub = redis.Redis.from_url(url).pubsub()
+        self.pubsub.subscribe(*topics)
+        self.messages: list[bytes] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            message = self.pubsub.get_message(timeout=0.2)
+            if message is not None and message["type"] == "message":
+                self.messages.append(message["data"])
+
+    def stop(self) -> list[bytes]:
+        self.done.set()
+        self.join(10)
+        self.pubsub.close()
+        return self.messages
+
+
+def _pause(server: RedisServer, seconds: float, after: float) -> threading.Thread:
+    """Stop Redis (SIGSTOP) ``after`` seconds from now for ``seconds``, in a thread."""
+    assert server.proc is not None
+    pid = server.proc.pid
+
+    def run() -> None:
+        time.sleep(after)
+        os.kill(pid, signal_module.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal_module.SIGCONT)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seconds", [1, 3, 5, 7, 10])
+def test_a_stalled_redis_applies_nothing_twice(
+    own_redis: RedisServer, make: Factory, seconds: float
+) -> None:
+    """Publishes, signals and joins while Redis is paused: each is applied exactly once
+    and reported so, or not applied and reported failed, or reported unknown and applied
+    at most once. Nothing is applied twice."""
+    a = make(own_redis.url, history_size=100_000)
+    initiator = a.create_swarm(stream())
+    swarm_topic, channel_topic = a.keys.swarm(initiator.id), a.keys.channel("c")
+    observer = _Observer(own_redis.url, [swarm_topic, channel_topic])
+    observer.start()
+    wait_until(lambda: redis.Redis.from_url(own_redis.url).pubsub_numsub(channel_topic)[0][1] >= 1)
+
+    outcomes: dict[str, list[tuple[str, str]]] = {"publish": [], "signal": [], "join": []}
+
+    longest = 0.0
+
+    def attempt(kind: str, key: str, operation: Callable[[], Any]) -> None:
+        nonlocal longest
+        started = time.monotonic()
+        try:
+            result = operation()
+        except OutcomeUnknown:
+            outcomes[kind].append(("unknown", key))
+        except BrokerUnavailable:
+            outcomes[kind].append(("failed", key))
+        else:
+            if kind == "join":
+                assert result is not None
+                key = result.cid
+            outcomes[kind].append(("ok", key))
+        finally:
+            longest = max(longest, time.monotonic() - started)
+
+    pauser = _pause(own_redis, seconds, after=0.3)
+    i = 0
+    ended_at: float | None = None
+    while ended_at is None or time.monotonic() < ended_at + 1:
+        i += 1
+        attempt("publish", f"p{i}", lambda n=i: a.publish(["c"], f"p{n}"))
+        attempt("signal", f"s{i}", lambda n=i: a.signal(initiator.id, f"s{n}"))
+        attempt("join", "", lambda: a.join_swarm(initiator.id, stream()))
+        if ended_at is None and not pauser.is_alive():
+            ended_at = time.monotonic()
+    gevent.sleep(1)
+    messages = [codec.decode(m) for m in observer.stop()]
+    published = Counter(data_of(m.frame) for m in messages if isinstance(m, codec.Event))
+    signalled = Counter(
+        json.loads(m.frame.decode().split("data: ")[1])
+        for m in messages
+        if isinstance(m, codec.Broadcast)
+    )
+    joined = Counter(m.cid for m in messages if isinstance(m, codec.Joined))
+    history = Counter(
+        data_of(entry[b"f"])
+        for _, entry in redis.Redis.from_url(own_redis.url).xrange(f"{a.prefix}chan:{{c}}")
+    )
+
+    for kind, seen in (("publish", published), ("signal", signalled)):
+        for outcome, key in outcomes[kind]:
+            if outcome == "ok":
+                assert seen[key] == 1, (kind, key, outcome)
+            elif outcome == "failed":
+                assert seen[key] == 0, (kind, key, outcome)
+            else:
+                assert seen[key] <= 1, (kind, key, outcome)
+        assert all(count == 1 for count in seen.values()), (kind, seen.most_common(3))
+    for _, key in outcomes["publish"]:
+        assert history[key] == published[key], key
+    ok_joins = {key for outcome, key in outcomes["join"] if outcome == "ok"}
+    unknown_joins = sum(1 for outcome, _ in outcomes["join"] if outcome == "unknown")
+    assert all(joined[cid] == 1 for cid in ok_joins)
+    assert all(count == 1 for count in joined.values()), joined.most_common(3)
+    assert len(set(joined) - ok_joins) <= unknown_joins
+    # The stall was met: an operation waited for it (and was settled if it outlasted
+    # the command timeout).
+    assert longest >= seconds * 0.8
+
+
+def test_an_operation_runs_once_however_often_it_is_sent(make: Factory) -> None:
+    """Copies of one operation (same key) return the first run's result and publish
+    nothing more; one settled as not run does nothing when it arrives."""
+    a = make()
+    client = redis.Redis.from_url(a.url)
+    scripts = a.scripts
+    m1 = a.create_swarm(s1 := stream())
+    event_of(s1)
+    key = a.keys.swarm(m1.id)
+
+    def send(script: Any, op: bytes, args: list[Any]) -> Any:
+        return client.eval(script.text, 2, key, op, *args, 60_000)
+
+    op = key + b":op:copy"
+    frame = codec.broadcast(b"event: signal\ndata: 1\n\n")
+    assert send(scripts.signal, op, ["", "", key, frame]) == 200
+    assert send(scripts.signal, op, ["", "", key, frame]) == 200
+    assert frame_of(s1) == b"event: signal\ndata: 1\n\n"
+    assert_quiet(s1)
+
+    late = key + b":op:late"
+    assert client.eval(scripts.settle.text, 1, late, 60_000) == [0]
+    with pytest.raises(redis.ResponseError, match="SETTLED"):
+        send(scripts.signal, late, ["", "", key, frame])
+    assert_quiet(s1)
+    # Settling one that ran returns its result.
+    assert client.eval(scripts.settle.text, 1, op, 60_000) == [1, b"200"]
+
+
+def test_an_unanswered_settle_reports_the_outcome_unknown(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    a = make(own_redis.url, socket_timeout=0.5)
+    m1 = a.create_swarm(s1 := stream())
+    event_of(s1)
+    observer = _Observer(own_redis.url, [a.keys.swarm(m1.id)])
+    observer.start()
+    wait_until(lambda: observer.pubsub.subscribed)
+    pauser = _pause(own_redis, 3, after=0)
+    time.sleep(0.1)
+    with pytest.raises(OutcomeUnknown, match="may or may not"):
+        a.signal(m1.id, "maybe")
+    pauser.join()
+    gevent.sleep(1)
+    sent = [m for m in map(codec.decode, observer.stop()) if isinstance(m, codec.Broadcast)]
+    assert len(sent) <= 1

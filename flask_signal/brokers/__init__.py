@@ -32,6 +32,15 @@ from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for b
 from ..hub import LocalHub, Stream
 
 
+class OutcomeUnknown(BrokerUnavailable):
+    """The broker could not be reached to learn whether an operation took effect.
+
+    It took effect at most once: it may have been applied (a signal delivered,
+    an event stored and delivered) or not, and the caller must not assume
+    either. Retrying may apply it a second time.
+    """
+
+
 class Delivery(Enum):
     """The outcome of a signal, in the order the protocol checks them."""
 

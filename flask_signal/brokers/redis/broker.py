@@ -24,6 +24,7 @@ from .. import (
     BrokerUnavailable,
     Delivery,
     Membership,
+    OutcomeUnknown,
     Replay,
     format_event_id,
     new_epoch,
@@ -36,6 +37,7 @@ from .connection import make_pool, unavailable
 from .keys import Keys, decode
 from .listener import Listener, Timing, Topic
 from .liveness import Liveness
+from .once import Once
 from .scripts import Scripts
 from .swarms import LocalSwarms
 
@@ -101,7 +103,13 @@ class RedisBroker(Broker):
             connect_timeout=connect_timeout,
         )
         self.redis = redis.Redis(connection_pool=self.pool)
-        self.scripts = Scripts(self.redis)
+        self.scripts = Scripts()
+        self.once = Once(
+            self.pool,
+            self.scripts.settle,
+            timeout=socket_timeout,
+            settle_timeout=socket_timeout + 1,
+        )
         self.swarms = LocalSwarms()
         self.liveness = Liveness(
             self.redis,
@@ -166,7 +174,7 @@ class RedisBroker(Broker):
             try:
                 pipe = self.redis.pipeline(transaction=False)
                 for swarm_id, cid in members:
-                    self.scripts.leave(**self._leave_call(swarm_id, cid, self.process), client=pipe)
+                    self.once.queue(pipe, self.scripts.leave, *self._leave_call(swarm_id, cid))
                 self.liveness.forget(pipe)
                 pipe.execute()
             except (rexc.RedisError, OSError) as exc:
@@ -218,19 +226,22 @@ class RedisBroker(Broker):
             key = self.keys.swarm(member.id)
             self.listener.acquire([(key, "swarm", member.id)])
             try:
-                with unavailable():
-                    created = self.scripts.create(
-                        keys=[key, self.keys.proc_peers(self.process)],
-                        args=[
-                            member.cid,
-                            token_digest(member.token),
-                            self.process,
-                            int(self.liveness.swarm_ttl * 1000),
-                            f"{member.id} {member.cid}",
-                        ],
-                    )
-            except BaseException:
+                created = self.once.run(
+                    self.scripts.create,
+                    [key, self.keys.proc_peers(self.process)],
+                    [
+                        member.cid,
+                        token_digest(member.token),
+                        self.process,
+                        int(self.liveness.swarm_ttl * 1000),
+                        f"{member.id} {member.cid}",
+                    ],
+                )
+            except BaseException as exc:
                 self.listener.release([key])
+                if isinstance(exc, OutcomeUnknown):
+                    # It may exist in Redis: have it removed once Redis answers.
+                    self.swarms.unrecorded.append((member.id, member.cid))
                 raise
             if created:
                 break
@@ -255,18 +266,23 @@ class RedisBroker(Broker):
         stream.put(framing.swarm_event("connect", member.connect_data()))
         joined = 0
         try:
-            with unavailable():
-                joined = self.scripts.join(
-                    keys=[key, self.keys.proc_peers(self.process)],
-                    args=[
-                        member.cid,
-                        token_digest(member.token),
-                        self.process,
-                        key,
-                        f"{swarm_id} {member.cid}",
-                        codec.joined(member.cid),
-                    ],
-                )
+            joined = self.once.run(
+                self.scripts.join,
+                [key, self.keys.proc_peers(self.process)],
+                [
+                    member.cid,
+                    token_digest(member.token),
+                    self.process,
+                    key,
+                    f"{swarm_id} {member.cid}",
+                    codec.joined(member.cid),
+                ],
+            )
+        except OutcomeUnknown:
+            # It may have joined (and the initiator been told): make it leave once
+            # Redis answers, so that a join it never learned of is followed by a leave.
+            self.swarms.unrecorded.append((swarm_id, member.cid))
+            raise
         finally:
             if not joined:
                 self.swarms.forget_joining(member.cid)
@@ -289,7 +305,7 @@ class RedisBroker(Broker):
             other.end("swarm closed")
         try:
             outcome = self._leave_in_redis(member.id, member.cid, self.process)
-        except (rexc.RedisError, OSError) as exc:
+        except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
             log.warning("could not record that %s left swarm %s: %s", member.cid, member.id, exc)
             self.swarms.unrecorded.append((member.id, member.cid))
             return
@@ -300,14 +316,16 @@ class RedisBroker(Broker):
 
     def _leave_in_redis(self, swarm_id: str, cid: str, process: str) -> int:
         """Remove a peer from its swarm and from its process's peer set, in one script."""
-        return int(self.scripts.leave(**self._leave_call(swarm_id, cid, process)))
+        return int(self.once.run(self.scripts.leave, *self._leave_call(swarm_id, cid, process)))
 
-    def _leave_call(self, swarm_id: str, cid: str, process: str) -> dict[str, Any]:
+    def _leave_call(
+        self, swarm_id: str, cid: str, process: str | None = None
+    ) -> tuple[list[bytes], list[bytes | str]]:
         key = self.keys.swarm(swarm_id)
-        return {
-            "keys": [key, self.keys.proc_peers(process)],
-            "args": [cid, key, f"{swarm_id} {cid}", codec.left(cid), codec.ended(cid)],
-        }
+        return (
+            [key, self.keys.proc_peers(process or self.process)],
+            [cid, key, f"{swarm_id} {cid}", codec.left(cid), codec.ended(cid)],
+        )
 
     def swarm_exists(self, swarm_id: str) -> bool:
         with unavailable():
@@ -329,8 +347,7 @@ class RedisBroker(Broker):
         message = codec.direct(cid, frame) if cid is not None else codec.broadcast(frame)
         key = self.keys.swarm(swarm_id)
         digest = token_digest(token) if token is not None else ""
-        with unavailable():
-            code = self.scripts.signal(keys=[key], args=[digest, cid or "", key, message])
+        code = self.once.run(self.scripts.signal, [key], [digest, cid or "", key, message])
         return Delivery(int(code))
 
     def swarm_count(self) -> int:
@@ -398,8 +415,7 @@ class RedisBroker(Broker):
             codec.event_marker(event),
             *topics,
         ]
-        with unavailable():
-            epoch, seq = self.scripts.publish(keys=keys, args=args)
+        epoch, seq = self.once.run(self.scripts.publish, keys, args)
         return id if id is not None else format_event_id(decode(epoch), int(seq))
 
     def publish_all(
@@ -462,8 +478,7 @@ class RedisBroker(Broker):
             keys += [self.keys.channel(name), self.keys.channel_meta(name)]
         parts = split_event_id(last_event_id)
         head, tail = (parts[0], str(parts[1])) if parts is not None else ("", "")
-        with unavailable():
-            reply = self.scripts.replay(keys=keys, args=[last_event_id, head, tail])
+        reply = self.once.read(self.scripts.replay, keys, [last_event_id, head, tail])
         current, lost, after, flat = int(reply[1]), bool(reply[2]), int(reply[3]), reply[4:]
         events = {int(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
         return after, current, lost, events

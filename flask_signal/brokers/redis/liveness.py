@@ -19,6 +19,7 @@ from typing import Any
 import gevent
 from redis import exceptions as rexc
 
+from .. import BrokerUnavailable
 from .keys import Keys, decode
 from .swarms import LocalSwarms
 
@@ -80,7 +81,7 @@ class Liveness:
         while True:
             try:
                 self.beat()
-            except (rexc.RedisError, OSError) as exc:
+            except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
                 log.debug("heartbeat failed: %s", exc)
             except Exception:
                 log.exception("flask_signal: heartbeat failed")
@@ -137,7 +138,7 @@ class Liveness:
             gevent.sleep(self.heartbeat_interval * random.uniform(0.8, 1.2))
             try:
                 self.reap()
-            except (rexc.RedisError, OSError) as exc:
+            except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
                 log.debug("reaper failed: %s", exc)
             except Exception:
                 log.exception("flask_signal: reaper failed")

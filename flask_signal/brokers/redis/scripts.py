@@ -2,15 +2,21 @@
 
 One script per operation, so that no other process sees or changes a swarm
 or a channel halfway through one. Each file starts with a comment giving its
-KEYS, ARGV and reply.
+KEYS, ARGV and reply. The scripts that change state are wrapped in
+``once.lua`` (see :mod:`.once`): each run carries an operation key, and a
+second copy of one operation never takes effect.
 """
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
-NAMES = ("create", "join", "leave", "signal", "publish", "replay")
+#: Scripts that change state, run through :class:`~.once.Once`.
+CHANGING = ("create", "join", "leave", "signal", "publish")
+#: Scripts that only read, or settle an operation.
+PLAIN = ("replay", "settle")
 
 
 def source(name: str) -> str:
@@ -18,13 +24,31 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
-class Scripts:
-    """Every script registered on one redis-py client (called by SHA, loaded on NOSCRIPT)."""
+def wrapped(name: str) -> str:
+    """A state-changing script inside ``once.lua``."""
+    return source("once").replace("--BODY--", source(name))
 
-    def __init__(self, client: Any) -> None:
-        self.create = client.register_script(source("create"))
-        self.join = client.register_script(source("join"))
-        self.leave = client.register_script(source("leave"))
-        self.signal = client.register_script(source("signal"))
-        self.publish = client.register_script(source("publish"))
-        self.replay = client.register_script(source("replay"))
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A script's text and the SHA1 Redis knows it by."""
+
+    name: str
+    text: str
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.text.encode()).hexdigest())
+
+
+class Scripts:
+    """Every script of the broker."""
+
+    def __init__(self) -> None:
+        self.create = Script("create", wrapped("create"))
+        self.join = Script("join", wrapped("join"))
+        self.leave = Script("leave", wrapped("leave"))
+        self.signal = Script("signal", wrapped("signal"))
+        self.publish = Script("publish", wrapped("publish"))
+        self.replay = Script("replay", source("replay"))
+        self.settle = Script("settle", source("settle"))
