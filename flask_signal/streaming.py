@@ -336,6 +336,10 @@ class EventStream(Iterator[bytes]):
             self._watcher.close()
             self._watcher = None
         self._stream.end()
+        if self._stream.end_reason == "drain":
+            # The process is stopping: do not keep the connection alive for a
+            # next request (what is sent still goes out before the FIN).
+            self.abort()
         self._stream.direct = False
         self._stream.response = None
         on_close, self._on_close = self._on_close, None

@@ -59,8 +59,10 @@ def test_sigterm_drains_and_exits_within_5s(tmp_path: Path, worker: str) -> None
         srv.proc.send_signal(os_signal.SIGTERM)
         assert_drained(streams)
         srv.proc.wait(5)
-        assert time.monotonic() - start < 5
+        took = time.monotonic() - start
+        assert took < 5
         assert srv.proc.returncode == 0
+        print(f"\n{worker}: exited {took:.2f} s after SIGTERM")
     finally:
         srv.stop()
 
