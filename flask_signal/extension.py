@@ -24,6 +24,10 @@ from .streaming import capture_start_response
 
 log = logging.getLogger("flask_signal")
 
+#: Where :meth:`Signal.publish` called with data alone publishes: Flask-SSE's default channel.
+DEFAULT_CHANNEL = "sse"
+_NO_DATA: Any = object()
+
 
 @dataclass(frozen=True)
 class Subscription:
@@ -109,41 +113,63 @@ class Signal:
 
     def publish(
         self,
-        channel: str | Iterable[str],
-        data: Any,
+        channel: str | Iterable[str] | Any,
+        data: Any = _NO_DATA,
         *,
         event: str | None = None,
-        id: str | None = None,
+        id: str | int | None = None,
         retry: int | None = None,
+        type: str | None = None,
     ) -> str:
         """Publish an event on a channel (or several); returns its id.
 
         Strings are sent as they are; anything else as compact JSON. An
-        ``event`` or ``id`` containing CR, LF or NUL raises ValueError and
-        nothing is sent.
+        integer ``id`` is sent in decimal. An ``event`` or ``id`` containing
+        CR, LF or NUL raises ValueError and nothing is sent.
+
+        Flask-SSE's form works too: ``publish(data, type="greeting")`` (one
+        positional argument) publishes ``data`` on :data:`DEFAULT_CHANNEL`;
+        ``type`` is another name for ``event``.
         """
+        if data is _NO_DATA:
+            channel, data = DEFAULT_CHANNEL, channel
         channels = [channel] if isinstance(channel, str) else list(channel)
-        self._check(event, id)
-        return self.broker.publish(channels, data, event=event, id=id, retry=retry)
+        event = self._event(event, type)
+        event_id = self._check(event, id)
+        return self.broker.publish(channels, data, event=event, id=event_id, retry=retry)
 
     def publish_all(
         self,
         data: Any,
         *,
         event: str | None = None,
-        id: str | None = None,
+        id: str | int | None = None,
         retry: int | None = None,
+        type: str | None = None,
     ) -> str:
         """Publish to every channel that has subscribers."""
-        self._check(event, id)
-        return self.broker.publish_all(data, event=event, id=id, retry=retry)
+        event = self._event(event, type)
+        event_id = self._check(event, id)
+        return self.broker.publish_all(data, event=event, id=event_id, retry=retry)
 
     @staticmethod
-    def _check(event: str | None, id: str | None) -> None:
+    def _event(event: str | None, type: str | None) -> str | None:
+        if event is not None and type is not None and event != type:
+            raise TypeError("give event= or its Flask-SSE name type=, not both")
+        return event if event is not None else type
+
+    @staticmethod
+    def _check(event: str | None, id: str | int | None) -> str | None:
+        """Check ``event`` and ``id``; returns the id as sent (integers in decimal)."""
         if event is not None:
             framing.check_field("event", event)
+        if isinstance(id, bool):
+            raise TypeError("an event id is a string or an integer, not a bool")
+        if isinstance(id, int):
+            return str(id)
         if id is not None:
             framing.check_field("id", id)
+        return id
 
     def close(self, channel: str) -> None:
         """End every stream of ``channel``; clients reconnect after their retry delay."""

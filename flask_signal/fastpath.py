@@ -192,7 +192,12 @@ class FastPath:
         ):
             rest = path[len(self.prefix) :]
             st = self.state.ready()
-            if rest in ("", "/") and (self.prefix or rest):
+            # ``{prefix}?channel=x`` subscribes to a channel (Flask-SSE's URL): the blueprint's.
+            if (
+                rest in ("", "/")
+                and (self.prefix or rest)
+                and "channel=" not in environ.get("QUERY_STRING", "")
+            ):
                 return self._send(protocol.base(st, environ, self.app), start_response)
             if rest[:1] == "/" and protocol.ID.fullmatch(rest, 1) and rest[1:] not in self.reserved:
                 answer = protocol.swarm(st, environ, self.app, rest[1:])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -57,6 +57,9 @@ def answer_error(exc: FlaskSignalError) -> Response:
 
 
 def create_swarm() -> Response:
+    if request.method in protocol.STREAM_METHODS and "channel" in request.args:
+        # Flask-SSE's subscribe URL: the blueprint's root with ?channel=.
+        return channel()
     return respond(protocol.base(state(), request.environ, current_app._get_current_object()))  # type: ignore[attr-defined]
 
 
@@ -102,12 +105,24 @@ def metrics() -> Response:
 # -- channels --------------------------------------------------------------------------
 
 
+#: Query parameters that carry the resume point for clients that cannot set
+#: ``Last-Event-ID``, in precedence order after the header: sse-channel's two
+#: (its own order), then Mercure's.
+LAST_EVENT_ID_PARAMS = ("evs_last_event_id", "lastEventId", "lastEventID", "last_event_id")
+
+#: What every channel stream starts with, so that headers and a first byte leave at once.
+OPENING = b":ok\n\n"
+#: ``?evs_preamble=1``: 2 KB of comment for old EventSource polyfills
+#: (XDomainRequest), which dispatch nothing before that much has arrived.
+PREAMBLE = b":" + b" " * 2048 + b"\n\n"
+
+
 def last_event_id() -> str | None:
-    """The resume point: the header browsers send, or a query parameter for clients that cannot."""
+    """The resume point: the header browsers send, else the first query parameter of
+    :data:`LAST_EVENT_ID_PARAMS` that is given."""
     for value in (
         request.headers.get("Last-Event-ID"),
-        request.args.get("lastEventId"),
-        request.args.get("evs_last_event_id"),
+        *(request.args.get(name) for name in LAST_EVENT_ID_PARAMS),
     ):
         if value is not None and value.strip():
             return value.strip()
@@ -121,10 +136,12 @@ def subscribe_response(
     environ = request.environ
     protocol.check_stream_allowed(st, environ, channels)
     resume = last_event_id()
+    padded = request.args.get("evs_preamble") not in (None, "", "0", "false")
+    opening = OPENING + PREAMBLE if padded else OPENING
 
     def attach(stream: Stream) -> tuple[Stream, bytes]:
         replay = st.broker.subscribe(stream, channels, resume)
-        frames = [b": ok\n\n"]
+        frames = [opening]
         if st.settings.retry is not None:
             frames.append(framing.retry(st.settings.retry))
         if replay.lost:
@@ -158,18 +175,17 @@ def channel(name: str | None = None) -> Response:
     st = state()
     if request.method in protocol.STREAM_METHODS:
         return subscribe_response(st, channel_names(name))
-    if request.method == "POST" and name is not None:
-        return publish(st, channel_names(name))
-    return respond(
-        protocol.method_not_allowed(["GET", "HEAD", "POST"] if name else ["GET", "HEAD"])
-    )
+    if request.method == "POST":
+        return publish(st, name)
+    return respond(protocol.method_not_allowed(["GET", "HEAD", "POST"]))
 
 
 def authorize_publish(st: AppState, channels: Sequence[str]) -> Response | None:
     """``None`` if this request may publish to every one of ``channels``, else the refusal.
 
-    Every channel is checked: a request names them in its path and in as many
-    ``channel`` parameters as it likes, and publishes to all of them.
+    Every channel is checked: a request names them in its path, in ``channel``
+    parameters and in its body (``channel``, ``topic``), and publishes to all of them.
+    With no channels, only the key is checked.
     """
     key, auth = st.settings.publish_key, st.settings.publish_auth
     if key is None and auth is None:
@@ -191,11 +207,55 @@ def authorize_publish(st: AppState, channels: Sequence[str]) -> Response | None:
     return None
 
 
-def publish(st: AppState, channels: list[str]) -> Response:
-    refusal = authorize_publish(st, channels)
+def publish_channels(name: str | None, fields: Mapping[str, Any]) -> list[str]:
+    """The channels of a publish: the path's, ``?channel=`` ones, and the body's ``channel``
+    or Mercure's ``topic`` (a string, or a list: repeated in a form)."""
+    names: list[str] = [name] if name else []
+    names += request.args.getlist("channel")
+    for field in ("channel", "topic"):
+        value = fields.get(field)
+        items = value if isinstance(value, list) else [value] if value is not None else []
+        for item in items:
+            if not isinstance(item, str):
+                raise BadRequest(f"{field!r} must be a channel name or a list of them")
+            names.append(item)
+    if not names:
+        raise BadRequest("name at least one channel: /channels/<name>, ?channel= or 'topic'")
+    for item in names:
+        if not CHANNEL.fullmatch(item):
+            raise BadRequest(f"invalid channel name {item!r}")
+    return list(dict.fromkeys(names))
+
+
+def event_id(value: Any) -> str | None:
+    """An event id from a body: a string, or an integer (sent in decimal)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise BadRequest("'id' must be a string or an integer")
+    return value
+
+
+def retry_ms(value: Any) -> int | None:
+    """A ``retry`` from a body: milliseconds, as an integer or a form's decimal string."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise BadRequest("'retry' must be a number of milliseconds >= 0")
+
+
+def publish(st: AppState, name: str | None) -> Response:
+    environ = request.environ
+    # The key first, before reading a body; the callable per channel, once
+    # the body has named them all.
+    refusal = authorize_publish(st, ())
     if refusal is not None:
         return refusal
-    environ = request.environ
     body = read_body(
         environ["wsgi.input"],
         st.settings.limit,
@@ -203,12 +263,22 @@ def publish(st: AppState, channels: list[str]) -> Response:
         bool(environ.get("wsgi.input_terminated")),
     )
     fields = parse_body(request.content_type, body)
+    channels = publish_channels(name, fields)
+    refusal = authorize_publish(st, channels)
+    if refusal is not None:
+        return refusal
     if "data" not in fields:
         return error(400, "missing data")
-    event = optional_str(fields, "event")
-    event_id = optional_str(fields, "id")
+    # Mercure names the event ``type``.
+    event = optional_str(fields, "event") or optional_str(fields, "type")
     try:
-        published = st.broker.publish(channels, fields["data"], event=event, id=event_id)
+        published = st.broker.publish(
+            channels,
+            fields["data"],
+            event=event,
+            id=event_id(fields.get("id")),
+            retry=retry_ms(fields.get("retry")),
+        )
     except ValueError as exc:
         return error(400, str(exc))
     return Response(framing.to_json({"ok": True, "id": published}), mimetype="application/json")

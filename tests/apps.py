@@ -86,6 +86,12 @@ def create_app() -> Flask:
             return jsonify(error=str(exc)), 400
         return jsonify(id=event_id)
 
+    @app.post("/_test/publish_flask_sse")
+    def publish_flask_sse() -> Any:
+        """Flask-SSE's call: ``publish(data, type=..., id=..., retry=...)``."""
+        body = request.get_json()
+        return jsonify(id=signal.publish(body["data"], type=body.get("type"), id=body.get("id")))
+
     @app.post("/_test/publish_burst")
     def publish_burst() -> Any:
         body = request.get_json()

@@ -43,7 +43,7 @@ def wait_count(srv: Server, channel: str | None, expected: int, timeout: float =
 def test_stream_starts_with_a_comment_then_frames_byte_for_byte(hub: Server) -> None:
     with subscribe(hub) as sse:
         sse.quiet(0.05)
-        assert bytes(sse.raw) == b": ok\n\n"
+        assert bytes(sse.raw) == b":ok\n\n"
         assert sse.headers["content-type"] == "text/event-stream; charset=utf-8"
         wait_count(hub, "news", 1)
         one = publish(hub, "news", "line1\nline2\r\nline3\rline4")
@@ -55,7 +55,7 @@ def test_stream_starts_with_a_comment_then_frames_byte_for_byte(hub: Server) -> 
         events = sse.events(5)
         assert [e.id for e in events] == [one, two, three, four, five]
         assert bytes(sse.raw) == (
-            b": ok\n\n"
+            b":ok\n\n"
             + f"data: line1\ndata: line2\ndata: line3\ndata: line4\nid: {one}\n\n".encode()
             + f"event: empty\ndata: \nid: {two}\n\n".encode()
             + f"data: trailing\ndata: \nid: {three}\n\n".encode()
@@ -95,7 +95,7 @@ def test_retry_sent_first_when_configured(make_server) -> None:  # type: ignore[
     srv = make_server({"retry": 1500})
     with subscribe(srv) as sse:
         sse.quiet(0.05)
-        assert bytes(sse.raw) == b": ok\n\nretry: 1500\n\n"
+        assert bytes(sse.raw) == b":ok\n\nretry: 1500\n\n"
 
 
 def test_multi_channel_stream(hub: Server) -> None:
@@ -138,7 +138,9 @@ def test_channel_refuses_non_sse_accept(hub: Server) -> None:
 # -- history and resume ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["header", "lastEventId", "evs_last_event_id"])
+@pytest.mark.parametrize(
+    "how", ["header", "lastEventId", "evs_last_event_id", "lastEventID", "last_event_id"]
+)
 def test_resume_from_inside_the_window(hub: Server, how: str) -> None:
     channel = f"resume-{how.lower()}"
     ids = [publish(hub, channel, i) for i in range(5)]
@@ -163,6 +165,60 @@ def test_resume_from_zero_and_from_an_application_id(hub: Server) -> None:
     with subscribe(hub, "/channels/zero", headers={"Last-Event-ID": "app-0"}) as sse:
         assert [e.id for e in sse.events(2)] == ids[1:]
         assert sse.quiet(0.1) == []
+
+
+def test_resume_point_precedence_header_then_evs_then_last_event_id(hub: Server) -> None:
+    """sse-channel's order: the header, then ``evs_last_event_id``, then ``lastEventId``."""
+    ids = [publish(hub, "precedence", i) for i in range(4)]
+    cases = [
+        (f"?lastEventId={ids[0]}&evs_last_event_id={ids[1]}", {"Last-Event-ID": ids[2]}, ids[3:]),
+        (f"?lastEventId={ids[0]}&evs_last_event_id={ids[1]}", {}, ids[2:]),
+        (f"?last_event_id={ids[1]}&lastEventId={ids[0]}", {}, ids[1:]),
+    ]
+    for query, headers, expected in cases:
+        with subscribe(hub, f"/channels/precedence{query}", headers=headers) as sse:
+            assert [e.id for e in sse.events(len(expected))] == expected
+            assert sse.quiet(0.1) == []
+
+
+def test_numeric_ids_are_sent_in_decimal(hub: Server) -> None:
+    with subscribe(hub, "/channels/numeric") as sse:
+        wait_count(hub, "numeric", 1)
+        assert publish(hub, "numeric", "a", id=1337) == "1337"
+        assert publish(hub, "numeric", "b", id=0) == "0"
+        assert [e.id for e in sse.events(2)] == ["1337", "0"]
+        assert b"id: 1337\n" in bytes(sse.raw)
+    with subscribe(hub, "/channels/numeric", headers={"Last-Event-ID": "1337"}) as sse:
+        assert [e.data for e in sse.events(1)] == ["b"]
+
+
+def test_evs_preamble_pads_the_start_with_2kb_of_comment(hub: Server) -> None:
+    with subscribe(hub, "/channels/padded?evs_preamble=1") as sse:
+        wait_count(hub, "padded", 1)
+        publish(hub, "padded", "after")
+        assert sse.next().data == "after"
+        raw = bytes(sse.raw)
+        assert raw.startswith(b":ok\n\n:" + b" " * 2048 + b"\n\n")
+        assert raw.count(b"data: after\n") == 1
+
+
+def test_flask_sse_subscribe_url_and_default_channel(hub: Server) -> None:
+    """Flask-SSE's ``GET {prefix}?channel=x``; ``publish(data, type=...)`` goes to ``sse``."""
+    with subscribe(hub, "?channel=fsse") as one, subscribe(hub, "/?channel=sse") as default:
+        wait_count(hub, "fsse", 1)
+        wait_count(hub, "sse", 1)
+        publish(hub, "fsse", {"message": "hi"}, event="greeting")
+        event = one.next()
+        assert (event.event, event.json()) == ("greeting", {"message": "hi"})
+        response = requests.post(
+            f"{hub.origin}/_test/publish_flask_sse",
+            json={"data": {"message": "Hello!"}, "type": "greeting"},
+            timeout=5,
+        )
+        assert response.status_code == 200, response.text
+        event = default.next()
+        assert (event.event, event.json()) == ("greeting", {"message": "Hello!"})
+        assert one.quiet(0.1) == []
 
 
 def test_resume_before_the_window_reports_the_loss(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -386,6 +442,45 @@ def test_http_publish_with_a_key(make_server) -> None:  # type: ignore[no-untype
         missing = requests.post(url, json={"event": "x"}, headers=auth, timeout=5)
         assert missing.status_code == 400
         assert sse.quiet(0.1) == []
+
+
+def test_http_publish_mercure_style(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Several channels in one POST (Mercure's repeated ``topic``), ``type``, ``retry``, ids."""
+    srv = make_server({"publish_key": "k"})
+    auth = {"Authorization": "Bearer k"}
+    with (
+        subscribe(srv, "/channels/mt1") as one,
+        subscribe(srv, "/channels?channel=mt2&channel=mt3") as two,
+    ):
+        wait_count(srv, "mt3", 1)
+        form = "topic=mt1&topic=mt2&data=hello&type=note&id=42&retry=700"
+        ok = requests.post(
+            srv.url + "/channels",
+            data=form,
+            headers={**auth, "Content-Type": "application/x-www-form-urlencoded"},
+            timeout=5,
+        )
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["id"] == "42"
+        for sse in (one, two):
+            event = sse.next()
+            assert (event.event, event.data, event.id) == ("note", "hello", "42")
+            assert b"id: 42\nretry: 700\n\n" in bytes(sse.raw)
+        both = requests.post(
+            srv.url + "/channels/mt1?channel=mt3",
+            json={"data": [1], "id": 7, "retry": 900},
+            headers=auth,
+            timeout=5,
+        )
+        assert both.status_code == 200 and both.json()["id"] == "7"
+        assert one.next().id == "7" and two.next().id == "7"
+        assert b"id: 7\nretry: 900\n\n" in bytes(two.raw)
+        for bad in ({"data": 1, "retry": -1}, {"data": 1, "id": 1.5}, {"data": 1, "topic": [3]}):
+            answer = requests.post(srv.url + "/channels/mt1", json=bad, headers=auth, timeout=5)
+            assert answer.status_code == 400, bad
+        nowhere = requests.post(srv.url + "/channels", json={"data": 1}, headers=auth, timeout=5)
+        assert nowhere.status_code == 400
+        assert one.quiet(0.1) == [] and two.quiet(0.1) == []
 
 
 def test_configured_headers_on_every_stream(make_server) -> None:  # type: ignore[no-untyped-def]
