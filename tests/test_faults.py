@@ -247,3 +247,39 @@ def test_no_metrics_route_unless_asked() -> None:
     app = Flask(__name__)
     Signal(app)
     assert app.test_client().get("/signal/metrics").status_code == 404
+
+
+# -- kill -9: the reaping bound --------------------------------------------------------------
+
+
+def test_a_dead_process_is_reaped_within_the_documented_bound(redis_url: str) -> None:
+    import redis
+
+    from flask_signal.brokers.redis import RedisBroker
+    from flask_signal.hub import LocalHub
+    from tests.broker_support import event_of, swarm
+
+    prefix = f"reap{free_port()}:"
+    fast = {"heartbeat_interval": 0.5, "peer_ttl": 1.5}
+    bound = fast["peer_ttl"] + fast["heartbeat_interval"]
+    a = RedisBroker(redis_url, hub=LocalHub(), prefix=prefix, **fast)
+    b = RedisBroker(redis_url, hub=LocalHub(), prefix=prefix, **fast)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        a.start()
+        b.start()
+        m1, s1, m2, _ = swarm(a, b)  # the initiator on a, a peer on b
+        b.halt()  # as kill -9: no leave, the heartbeat just stops
+        start = time.monotonic()
+        assert event_of(s1, timeout=bound + 5) == ("leave", {"id": m1.id, "cid": m2.cid})
+        took = time.monotonic() - start
+        # The bound, plus scheduling slack on a busy machine.
+        assert took <= bound + 0.5, took
+        # The reaper's lock is released once a reap is done.
+        a.reap()
+        assert client.get(f"{prefix}reaper") is None
+        a.leave_swarm(m1)
+    finally:
+        client.close()
+        a.close()
+        b.close()

@@ -29,6 +29,15 @@ log = logging.getLogger("flask_signal")
 Leave = Callable[[str, str, str], int]
 
 
+#: Delete a lock only if its value is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class Liveness:
     """The heartbeat and reaper greenlets of one process."""
 
@@ -135,7 +144,9 @@ class Liveness:
 
     def _reaper_loop(self) -> None:
         while True:
-            gevent.sleep(self.heartbeat_interval * random.uniform(0.8, 1.2))
+            # Never longer apart than heartbeat_interval, so a dead process is
+            # reaped within peer_ttl + heartbeat_interval (the documented bound).
+            gevent.sleep(self.heartbeat_interval * random.uniform(0.5, 1.0))
             try:
                 self.reap()
             except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
@@ -152,6 +163,15 @@ class Liveness:
         lock_ttl = int(self.heartbeat_interval * 1000)
         if not self.client.set(keys.reaper, self.process, nx=True, px=lock_ttl):
             return 0
+        try:
+            return self._reap()
+        finally:
+            # Released once done, so the next attempt (of any process) is not
+            # turned away for the rest of the interval; only if still ours.
+            self.client.eval(_RELEASE, 1, keys.reaper, self.process)
+
+    def _reap(self) -> int:
+        keys = self.keys
         processes = [p for p in self.client.smembers(keys.procs) if decode(p) != self.process]
         if not processes:
             return 0
