@@ -283,3 +283,25 @@ def test_a_dead_process_is_reaped_within_the_documented_bound(redis_url: str) ->
         client.close()
         a.close()
         b.close()
+
+
+def test_the_sender_field_with_redis_across_processes(tmp_path: Path, redis_url: str) -> None:
+    shared = {"sender_field": "from", "broker_url": redis_url, "redis_prefix": f"s{free_port()}:"}
+    a = start_server(tmp_path, shared)
+    b = start_server(tmp_path, shared)
+    try:
+        initiator = Peer.open(a.url)
+        peer = Peer.open(f"{b.url}/{initiator.id}")
+        assert initiator.sse.next().event == "join"
+        assert peer.post(b.url, {"msg": "hi", "from": "someone else"}).status_code == 200
+        assert initiator.sse.next().json() == {"msg": "hi", "from": peer.cid}
+        assert peer.sse.next().json() == {"msg": "hi", "from": peer.cid}  # the sender too
+        assert initiator.post(a.url, {"to": "peer"}, cid=peer.cid).status_code == 200
+        assert peer.sse.next().json() == {"to": "peer", "from": initiator.cid}
+        bad = requests.post(f"{b.url}/{initiator.id}", json={"token": "0" * 32, "data": {}})
+        assert bad.status_code == 401
+        initiator.close()
+        peer.close()
+    finally:
+        a.stop()
+        b.stop()

@@ -343,6 +343,17 @@ class RedisBroker(Broker):
     def signal(
         self, swarm_id: str, data: Any, *, cid: str | None = None, token: str | None = None
     ) -> Delivery:
+        if self.sender_field and token is not None and isinstance(data, dict):
+            # The sender's cid, from its token: one more round trip, only when asked.
+            with unavailable():
+                initiator, sender = self.redis.hmget(
+                    self.keys.swarm(swarm_id), ["i", f"t:{token_digest(token)}"]
+                )
+            if initiator is None:
+                return Delivery.NO_SWARM
+            if sender is None:
+                return Delivery.BAD_TOKEN
+            data = {**data, self.sender_field: decode(sender)}
         frame = framing.swarm_event("signal", data)
         message = codec.direct(cid, frame) if cid is not None else codec.broadcast(frame)
         key = self.keys.swarm(swarm_id)
