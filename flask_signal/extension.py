@@ -27,6 +27,9 @@ log = logging.getLogger("flask_signal")
 #: Where :meth:`Signal.publish` called with data alone publishes: Flask-SSE's default channel.
 DEFAULT_CHANNEL = "sse"
 _NO_DATA: Any = object()
+#: egg-sse's keep-alive payload, and the comment :meth:`Signal.ping` sends.
+PING_DATA = ":ping"
+PING_FRAME = b":ping\n\n"
 
 
 @dataclass(frozen=True)
@@ -124,16 +127,22 @@ class Signal:
         """Publish an event on a channel (or several); returns its id.
 
         Strings are sent as they are; anything else as compact JSON. An
-        integer ``id`` is sent in decimal. An ``event`` or ``id`` containing
+        integer ``id`` is sent in decimal, a float in its shortest form
+        (egg-sse's ``Math.random()`` ids). An ``event`` or ``id`` containing
         CR, LF or NUL raises ValueError and nothing is sent.
 
         Flask-SSE's form works too: ``publish(data, type="greeting")`` (one
         positional argument) publishes ``data`` on :data:`DEFAULT_CHANNEL`;
-        ``type`` is another name for ``event``.
+        ``type`` is another name for ``event``. The string ``":ping"`` (egg-sse's
+        keep-alive) is sent as a comment by :meth:`ping`, and ``""`` returned.
         """
         if data is _NO_DATA:
             channel, data = DEFAULT_CHANNEL, channel
         channels = [channel] if isinstance(channel, str) else list(channel)
+        if isinstance(data, str) and data == PING_DATA:
+            # egg-sse's keep-alive payload: a comment, never an event.
+            self.ping(channels)
+            return ""
         event = self._event(event, type)
         event_id = self._check(event, id)
         return self.broker.publish(channels, data, event=event, id=event_id, retry=retry)
@@ -164,12 +173,27 @@ class Signal:
         if event is not None:
             framing.check_field("event", event)
         if isinstance(id, bool):
-            raise TypeError("an event id is a string or an integer, not a bool")
-        if isinstance(id, int):
-            return str(id)
+            raise TypeError("an event id is a string or a number, not a bool")
+        if isinstance(id, (int, float)):
+            return framing.number_id(id)
         if id is not None:
             framing.check_field("id", id)
         return id
+
+    def ping(self, channel: str | Iterable[str] | None = None) -> int:
+        """Send a keep-alive comment (``:ping``) now to this process's streams, all or those
+        of ``channel`` (sse-channel's ``ping()``); returns how many got it.
+
+        Each process pings its own streams (so does ``SIGNAL_PING_INTERVAL``): nothing
+        crosses the broker.
+        """
+        hub = self.broker.hub
+        if channel is None:
+            streams = set(hub.streams)
+        else:
+            names = [channel] if isinstance(channel, str) else channel
+            streams = {stream for name in names for stream in hub.channels.get(name, ())}
+        return sum(stream.put(PING_FRAME) for stream in streams)
 
     def close(self, channel: str) -> None:
         """End every stream of ``channel``; clients reconnect after their retry delay."""

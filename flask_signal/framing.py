@@ -68,6 +68,15 @@ def check_field(name: str, value: str) -> str:
     return value
 
 
+def number_id(value: float) -> str:
+    """An event id given as a number: integers in decimal, other floats in their shortest form."""
+    if isinstance(value, int) or value.is_integer():
+        return str(int(value))
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"an event id must be finite, not {value!r}")
+    return repr(value)
+
+
 def data_lines(data: Any) -> str:
     """The ``data:`` lines of a message: strings as they are, line by line; anything else as JSON.
 

@@ -61,7 +61,7 @@ def check_stream_allowed(
         raise Refusal(reconnect(st, environ))
     retry = [("Retry-After", str(limits.retry_after))]
     if limits.max_clients and st.broker.connection_count() >= limits.max_clients:
-        raise Refusal(error(503, "too many clients on this server", retry))
+        raise Refusal(full(limits.full_status, "too many clients on this server", retry))
     bound = st.broker.hub.max_streams
     if bound and st.broker.connection_count() >= bound:
         log.warning("stream refused: %d streams open, the bound of this worker", bound)
@@ -69,7 +69,16 @@ def check_stream_allowed(
     if limits.channel_max_clients:
         for name in channels:
             if st.broker.connection_count(name) >= limits.channel_max_clients:
-                raise Refusal(error(503, f"too many clients on channel {name!r}", retry))
+                raise Refusal(
+                    full(limits.full_status, f"too many clients on channel {name!r}", retry)
+                )
+
+
+def full(status: int, message: str, retry: list[tuple[str, str]]) -> Answer:
+    """A stream refused by a client limit: 503 with ``Retry-After``, or egg-sse's bare 204."""
+    if status == 204:
+        return Answer(204, [], ())
+    return error(status, message, retry)
 
 
 def reconnect(st: AppState, environ: dict[str, Any]) -> Answer:
@@ -141,7 +150,7 @@ def open_stream(
         direct=st.settings.direct_writes,
         dead_peer_timeout=st.settings.dead_peer_timeout,
     )
-    return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", "")), body)
+    return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", ""), kind), body)
 
 
 class _Detach:

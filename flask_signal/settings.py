@@ -139,6 +139,12 @@ def _create_status(value: Any) -> int:
     return int(value)
 
 
+def _choice(value: Any, allowed: tuple[Any, ...]) -> Any:
+    if isinstance(value, bool) or value not in allowed:
+        raise ValueError(f"must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+    return value
+
+
 def _cors(value: Any) -> Any:
     if value is None or value is False or value is True or isinstance(value, str):
         return value
@@ -265,6 +271,13 @@ class Settings:
         0,
         check=_int(0),
         doc="subscribers per channel per process before 503 (`0`: no limit)",
+    )
+    full_status: int = setting(
+        503,
+        check=lambda value: _choice(value, (503, 204)),
+        doc="status of a stream refused by `SIGNAL_MAX_CLIENTS` or `SIGNAL_CHANNEL_MAX_CLIENTS`: "
+        "`503` with `Retry-After` (an EventSource gives up), or `204` with no body as egg-sse "
+        "(an EventSource gives up too; its own clients may retry)",
     )
     retry_after: int = setting(
         5,

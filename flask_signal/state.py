@@ -28,6 +28,9 @@ BASE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 
+#: What channel streams change in :data:`BASE_HEADERS`.
+CHANNEL_HEADERS = {"Cache-Control": "no-cache, no-transform"}
+
 #: URL schemes of the Redis broker, the only one that takes ``SIGNAL_REDIS_PREFIX``.
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -62,7 +65,7 @@ class AppState:
     metrics: Any = None
     #: Whether swarm requests take the fast path: None until the first request decides.
     fast_path: bool | None = False
-    _stream_headers: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    _stream_headers: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
     def ready(self) -> AppState:
         """This state, its broker started (once)."""
@@ -100,14 +103,20 @@ class AppState:
                 period=min(1.0, (settings.write_timeout or settings.max_stream_age) / 4),
             )
 
-    def stream_headers(self, protocol: str) -> list[tuple[str, str]]:
-        """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it."""
-        cached = self._stream_headers.get(protocol)
+    def stream_headers(self, protocol: str, kind: str = "swarm") -> list[tuple[str, str]]:
+        """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it.
+
+        Channel streams add ``no-transform`` to ``Cache-Control`` (as egg-sse), so that
+        a compressing proxy does not hold events back; swarm streams keep the
+        protocol's exact ``no-cache``.
+        """
+        cached = self._stream_headers.get((protocol, kind))
         if cached is None:
-            headers = {**BASE_HEADERS, **self.settings.headers}
+            own = CHANNEL_HEADERS if kind == "channel" else {}
+            headers = {**BASE_HEADERS, **own, **self.settings.headers}
             if protocol in ("HTTP/1.1", "HTTP/1.0"):
                 headers.setdefault("Connection", "keep-alive")
-            cached = self._stream_headers[protocol] = list(headers.items())
+            cached = self._stream_headers[(protocol, kind)] = list(headers.items())
         return cached
 
 

@@ -228,13 +228,16 @@ def publish_channels(name: str | None, fields: Mapping[str, Any]) -> list[str]:
 
 
 def event_id(value: Any) -> str | None:
-    """An event id from a body: a string, or an integer (sent in decimal)."""
+    """An event id from a body: a string, or a number (see :func:`number_id`)."""
     if value is None or value == "":
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return framing.number_id(value)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
     if not isinstance(value, str):
-        raise BadRequest("'id' must be a string or an integer")
+        raise BadRequest("'id' must be a string or a number")
     return value
 
 

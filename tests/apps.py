@@ -92,6 +92,10 @@ def create_app() -> Flask:
         body = request.get_json()
         return jsonify(id=signal.publish(body["data"], type=body.get("type"), id=body.get("id")))
 
+    @app.post("/_test/ping")
+    def ping() -> Any:
+        return jsonify(reached=signal.ping((request.get_json() or {}).get("channel")))
+
     @app.post("/_test/publish_burst")
     def publish_burst() -> Any:
         body = request.get_json()

@@ -186,10 +186,11 @@ def test_numeric_ids_are_sent_in_decimal(hub: Server) -> None:
         wait_count(hub, "numeric", 1)
         assert publish(hub, "numeric", "a", id=1337) == "1337"
         assert publish(hub, "numeric", "b", id=0) == "0"
-        assert [e.id for e in sse.events(2)] == ["1337", "0"]
+        assert publish(hub, "numeric", "c", id=0.5123) == "0.5123"  # egg-sse's Math.random()
+        assert [e.id for e in sse.events(3)] == ["1337", "0", "0.5123"]
         assert b"id: 1337\n" in bytes(sse.raw)
     with subscribe(hub, "/channels/numeric", headers={"Last-Event-ID": "1337"}) as sse:
-        assert [e.data for e in sse.events(1)] == ["b"]
+        assert [e.data for e in sse.events(2)] == ["b", "c"]
 
 
 def test_evs_preamble_pads_the_start_with_2kb_of_comment(hub: Server) -> None:
@@ -320,6 +321,39 @@ def test_max_clients_and_channel_cap(make_server) -> None:  # type: ignore[no-un
     finally:
         a.close()
         b.close()
+
+
+@pytest.mark.single_process
+def test_full_status_204_as_egg_sse(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server({"max_clients": 1, "full_status": 204})
+    with subscribe(srv, "/channels/egg"):
+        refused = requests.get(srv.url + "/channels/egg", timeout=5)
+        assert refused.status_code == 204 and refused.content == b""
+        assert "retry-after" not in refused.headers
+
+
+def test_channel_streams_say_no_transform_swarms_keep_no_cache(hub: Server) -> None:
+    with subscribe(hub, "/channels/headers") as sse, SSE.open(hub.url) as swarm:
+        assert sse.headers["cache-control"] == "no-cache, no-transform"
+        assert swarm.headers["cache-control"] == "no-cache"
+
+
+@pytest.mark.single_process
+def test_ping_payload_and_manual_ping_are_comments(hub: Server) -> None:
+    """egg-sse's ``':ping'`` payload and sse-channel's ``ping()``: comments, no event, no id."""
+    with subscribe(hub, "/channels/pinged") as sse, subscribe(hub, "/channels/other") as other:
+        wait_count(hub, "pinged", 1)
+        sse.quiet(0.05)
+        start = len(sse.raw)
+        assert publish(hub, "pinged", ":ping") == ""
+        reached = requests.post(f"{hub.origin}/_test/ping", json={"channel": "pinged"}, timeout=5)
+        assert reached.json() == {"reached": 1}
+        publish(hub, "pinged", "after")
+        assert sse.next().data == "after"
+        assert bytes(sse.raw)[start:].startswith(b":ping\n\n:ping\n\ndata: after\n")
+        assert other.quiet(0.1) == [] and b":ping" not in bytes(other.raw)
+    with subscribe(hub, "/channels/pinged", headers={"Last-Event-ID": "0"}) as again:
+        assert [e.data for e in again.events(1)] == ["after"]  # nothing of the pings kept
 
 
 def rss_kb(pid: int) -> int:
