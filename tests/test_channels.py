@@ -509,7 +509,12 @@ def test_http_publish_mercure_style(make_server) -> None:  # type: ignore[no-unt
         assert both.status_code == 200 and both.json()["id"] == "7"
         assert one.next().id == "7" and two.next().id == "7"
         assert b"id: 7\nretry: 900\n\n" in bytes(two.raw)
-        for bad in ({"data": 1, "retry": -1}, {"data": 1, "id": 1.5}, {"data": 1, "topic": [3]}):
+        for bad in (
+            {"data": 1, "retry": -1},
+            {"data": 1, "id": [1]},
+            {"data": 1, "id": True},
+            {"data": 1, "topic": [3]},
+        ):
             answer = requests.post(srv.url + "/channels/mt1", json=bad, headers=auth, timeout=5)
             assert answer.status_code == 400, bad
         nowhere = requests.post(srv.url + "/channels", json={"data": 1}, headers=auth, timeout=5)
