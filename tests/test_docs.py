@@ -125,3 +125,11 @@ def test_architecture_page_names_every_module() -> None:
     names += [f"`{p.name}/`" for p in package.iterdir() if (p / "__init__.py").is_file()]
     missing = [name for name in names if name not in page]
     assert not missing, f"docs/architecture.md does not place {missing}"
+
+
+def test_readme_links_resolve() -> None:
+    """Every relative link of the README names a file of the repository."""
+    links = re.findall(r"\]\((?!https?:|#)([^)#\s]+)", (ROOT / "README.md").read_text())
+    assert links
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, missing
