@@ -426,36 +426,25 @@ def test_reset_connection_leaves(make_server) -> None:  # type: ignore[no-untype
 
 def test_streams_refused_without_gevent(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """Under a threaded server without monkey-patching a stream is a clear error, not a hang."""
-    import os
-    import subprocess
     import sys
 
-    from tests.support import ROOT, free_port, wait_for_port
+    from tests.servers import Process, free_port
 
     port = free_port()
     code = (
         "from tests.apps import create_app; "
         f"create_app().run(port={port}, threaded=True, use_reloader=False)"
     )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    srv = Process.start([sys.executable, "-c", code], port=port, log=tmp_path / "run.log")
     try:
-        wait_for_port(port, proc)
-        response = requests.get(f"http://127.0.0.1:{port}/signal", timeout=5)
+        response = requests.get(f"{srv.origin}/signal", timeout=5)
         assert response.status_code == 500
         assert "gevent" in response.json()["error"]
         # The server itself keeps answering.
-        assert requests.get(f"http://127.0.0.1:{port}/signal/a/b", timeout=5).status_code == 404
+        assert requests.get(f"{srv.origin}/signal/a/b", timeout=5).status_code == 404
     finally:
-        proc.terminate()
-        _, err = proc.communicate(timeout=5)
-    assert b"gunicorn -k gevent" in err
+        srv.stop()
+    assert "gunicorn -k gevent" in srv.output()
 
 
 # -- application API and lifecycle -----------------------------------------------------
