@@ -36,14 +36,17 @@ PING_FRAME = b":ping\n\n"
 class Subscription:
     """What a declared stream view returns: channels, and optionally a first event.
 
-    ``initial`` is a value or a zero-argument callable; a callable runs after
-    the subscription is live, so events published while it computes arrive
-    after it, in order.
+    ``initial`` is a value or a zero-argument callable (sse.io's fetch); a
+    callable runs after the subscription is live and after the response
+    headers are sent, so events published while it computes arrive after it,
+    in order. ``client`` is the application's id for this client (sse.io's
+    ``clientId``): see :meth:`Signal.send_to` and :meth:`Signal.presence`.
     """
 
     channels: Sequence[str]
     initial: Any = None
     event: str | None = None
+    client: str | None = None
 
     def initial_frame(self) -> bytes:
         value = self.initial() if callable(self.initial) else self.initial
@@ -195,6 +198,34 @@ class Signal:
             streams = {stream for name in names for stream in hub.channels.get(name, ())}
         return sum(stream.put(PING_FRAME) for stream in streams)
 
+    def send_to(
+        self,
+        client: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> None:
+        """Send an event to one client's streams only (the ``client`` of a
+        :meth:`subscription`), in whichever process holds them; not kept in history."""
+        self._check(event, id)
+        self.broker.send_to(client, data, event=event, id=id, retry=retry)
+
+    def disconnect(self, client: str) -> None:
+        """End every stream of ``client``, in whichever process holds them."""
+        self.broker.disconnect(client)
+
+    def presence(self, channel: str) -> dict[str, int]:
+        """The client ids subscribed to ``channel``, each with its number of streams:
+        cluster-wide with Redis, this process's with ``memory://``."""
+        return self.broker.presence(channel)
+
+    def subscriber_count(self, channel: str) -> int:
+        """Streams subscribed to ``channel``, with a client id or not: cluster-wide with
+        Redis, this process's with ``memory://`` (see :meth:`connection_count`)."""
+        return self.broker.subscriber_count(channel)
+
     def close(self, channel: str) -> None:
         """End every stream of ``channel``; clients reconnect after their retry delay."""
         self.broker.close_channel(channel)
@@ -242,11 +273,16 @@ class Signal:
         }
 
     def subscription(
-        self, channels: str | Sequence[str], initial: Any = None, *, event: str | None = None
+        self,
+        channels: str | Sequence[str],
+        initial: Any = None,
+        *,
+        event: str | None = None,
+        client: str | None = None,
     ) -> Subscription:
         """Build the return value of a :meth:`stream` view."""
         names = [channels] if isinstance(channels, str) else list(channels)
-        return Subscription(names, initial, event)
+        return Subscription(names, initial, event, client)
 
     def stream(
         self, rule: str, **options: Any
@@ -293,9 +329,11 @@ class Signal:
             bad = [name for name in sub.channels if not views.CHANNEL.fullmatch(name)]
             if bad or not sub.channels:
                 raise ValueError(f"{view.__name__} returned invalid channel names: {bad!r}")
+            if sub.client is not None and not views.CHANNEL.fullmatch(sub.client):
+                raise ValueError(f"{view.__name__} returned an invalid client id: {sub.client!r}")
             initial = sub.initial_frame if sub.initial is not None else None
             try:
-                return views.subscribe_response(st, sub.channels, initial)
+                return views.subscribe_response(st, sub.channels, initial, client=sub.client)
             except FlaskSignalError as exc:
                 # Not under the blueprint, so its error handler does not apply.
                 return views.answer_error(exc)

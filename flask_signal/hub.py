@@ -66,9 +66,11 @@ class Stream:
         "_waiter",
         "channels",
         "cid",
+        "client",
         "direct",
         "end_reason",
         "ended",
+        "held",
         "kind",
         "last_seq",
         "max_bytes",
@@ -101,6 +103,8 @@ class Stream:
         self.last_seq = 0
         self.swarm_id: str | None = None
         self.cid: str | None = None
+        #: The application's id for the client of a channel stream, if it gave one.
+        self.client: str | None = None
         #: The response that reads this stream, when it can do more than read
         #: (see :class:`Response`); one reference, as a stream lives long.
         self.response: Response | None = None
@@ -108,6 +112,8 @@ class Stream:
         #: while the reader waits with nothing queued: a delivery then costs
         #: one ``send`` instead of waking the reader.
         self.direct = False
+        #: While set, frames queue but the reader is not woken (see :meth:`release`).
+        self.held = False
 
     def __repr__(self) -> str:
         state = f"ended:{self.end_reason}" if self.ended else "open"
@@ -120,7 +126,7 @@ class Stream:
             return False
         frames = self._frames
         if frames is None:
-            if self.direct and self._waiter is not None:
+            if self.direct and self._waiter is not None and not self.held:
                 assert self.response is not None
                 if self.response.write_now(frame):
                     return True
@@ -137,8 +143,18 @@ class Stream:
         else:
             self.end("overflow")
             return False
-        self.wake()
+        if not self.held:
+            self.wake()
         return True
+
+    def release(self, first: bytes) -> None:
+        """End a hold: ``first`` goes out before every frame queued while held."""
+        self.held = False
+        if self.ended and self.end_reason == "overflow":
+            return
+        self._frames = [first, *(self._frames or ())]
+        self.nbytes += len(first)
+        self.wake()
 
     def finish(self, frame: bytes, reason: str) -> None:
         """Queue ``frame`` as the stream's last, past the bounds if need be, and end it."""
@@ -219,6 +235,8 @@ class LocalHub:
         self.streams: set[Stream] = set()
         self.peers: dict[str, Stream] = {}
         self.channels: dict[str, set[Stream]] = {}
+        #: Channel streams by the client id the application gave them.
+        self.clients: dict[str, set[Stream]] = {}
         #: Streams ended because they could not keep up.
         self.overflows = 0
         #: Set once this process drains: new streams are turned away.
@@ -240,6 +258,8 @@ class LocalHub:
         opened = []
         names = tuple(dict.fromkeys(channels))
         stream.channels = names
+        if stream.client is not None:
+            self.clients.setdefault(stream.client, set()).add(stream)
         for name in names:
             members = self.channels.get(name)
             if members is None:
@@ -251,6 +271,12 @@ class LocalHub:
     def unsubscribe(self, stream: Stream) -> list[str]:
         """Remove ``stream`` from its channels; returns those left with no local subscriber."""
         emptied = []
+        if stream.client is not None:
+            same = self.clients.get(stream.client)
+            if same is not None:
+                same.discard(stream)
+                if not same:
+                    del self.clients[stream.client]
         for name in stream.channels:
             members = self.channels.get(name)
             if members is None:
@@ -286,6 +312,26 @@ class LocalHub:
         if channel is None:
             return len(self.streams)
         return len(self.channels.get(channel, ()))
+
+    def to_client(self, client: str, frame: bytes) -> int:
+        """Queue ``frame`` on every stream of ``client``; returns how many took it."""
+        reached = sum(stream.put(frame) for stream in tuple(self.clients.get(client, ())))
+        counts["events_out"] += reached
+        return reached
+
+    def end_client(self, client: str, reason: str = "disconnected by server") -> int:
+        members = tuple(self.clients.get(client, ()))
+        for stream in members:
+            stream.end(reason)
+        return len(members)
+
+    def presence(self, channel: str) -> dict[str, int]:
+        """The client ids subscribed to ``channel`` here, each with its number of streams."""
+        found: dict[str, int] = {}
+        for stream in tuple(self.channels.get(channel, ())):
+            if stream.client is not None:
+                found[stream.client] = found.get(stream.client, 0) + 1
+        return found
 
 
 def retry_frame(milliseconds: int) -> bytes:

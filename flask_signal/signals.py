@@ -31,3 +31,7 @@ channel_emptied = _signals.signal("channel-emptied")
 #: A message was delivered on a channel in this process. kwargs: ``channel``, ``id``,
 #: ``event``, ``clients`` (how many local streams it reached).
 message_published = _signals.signal("message-published")
+#: Application code run for a stream failed (a declared stream's initial data, as
+#: sse.io's ``error`` event); the client got an ``error`` event and its stream stays
+#: open. kwargs: ``exception``, ``stream``.
+error = _signals.signal("error")

@@ -16,19 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from flask import Blueprint, Response, current_app, request
+import gevent
+from flask import Blueprint, Response, copy_current_request_context, current_app, request
 
-from . import errors, framing, protocol
+from . import errors, framing, protocol, signals
 from .errors import Answer, BadRequest, FlaskSignalError
 from .hub import Stream
 from .parsing import content_length, optional_str, parse_body, read_body
 from .state import AppState, app_state
+
+log = logging.getLogger("flask_signal")
 
 CHANNEL = re.compile(r"[A-Za-z0-9_.:@~-]{1,200}")
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
@@ -130,16 +134,28 @@ def last_event_id() -> str | None:
 
 
 def subscribe_response(
-    st: AppState, channels: Sequence[str], initial: Callable[[], bytes] | None = None
+    st: AppState,
+    channels: Sequence[str],
+    initial: Callable[[], bytes] | None = None,
+    *,
+    client: str | None = None,
 ) -> Response:
-    """Stream ``channels``: a comment, ``retry:``, the replay, ``initial``, then live events."""
+    """Stream ``channels``: a comment, ``retry:``, the replay, ``initial``, then live events.
+
+    ``initial`` (sse.io's fetch) runs in its own greenlet once the stream is
+    subscribed, so the response headers and the first bytes do not wait for
+    it; what is published meanwhile is held behind its result. If it raises,
+    the client gets an ``error`` event and the stream stays open.
+    """
     environ = request.environ
     protocol.check_stream_allowed(st, environ, channels)
     resume = last_event_id()
     padded = request.args.get("evs_preamble") not in (None, "", "0", "false")
     opening = OPENING + PREAMBLE if padded else OPENING
+    sender = current_app._get_current_object()  # type: ignore[attr-defined]
 
     def attach(stream: Stream) -> tuple[Stream, bytes]:
+        stream.client = client
         replay = st.broker.subscribe(stream, channels, resume)
         frames = [opening]
         if st.settings.retry is not None:
@@ -148,17 +164,22 @@ def subscribe_response(
             frames.append(framing.message({"lastEventId": resume}, event=st.settings.lost_event))
         frames.extend(replay.frames)
         if initial is not None:
-            # Computed after subscribing: what is published meanwhile waits
-            # in the stream's queue, behind the initial event.
-            try:
-                frames.append(initial())
-            except BaseException:
-                st.broker.unsubscribe(stream)
-                raise
+            stream.held = True
+            gevent.spawn(copy_current_request_context(fetch_initial), stream, initial, sender)
         return stream, b"".join(frames)
 
-    sender = current_app._get_current_object()  # type: ignore[attr-defined]
     return respond(protocol.open_stream(st, environ, sender, "channel", attach, "unsubscribe"))
+
+
+def fetch_initial(stream: Stream, initial: Callable[[], bytes], sender: Any) -> None:
+    """Run a stream's initial fetch and send its result first, or an ``error`` event."""
+    try:
+        frame = initial()
+    except Exception as exc:
+        log.exception("initial data for %r failed", stream)
+        signals.error.send(sender, exception=exc, stream=stream)
+        frame = framing.message({"error": "initial data failed"}, event="error")
+    stream.release(frame)
 
 
 def channel_names(name: str | None) -> list[str]:

@@ -378,3 +378,50 @@ def test_any_channel_name_and_data_round_trip(
     a.unsubscribe(other)
     a.unsubscribe(s)
     wait_until(lambda: a.connection_count(names[0]) == 0)
+
+
+# -- clients and presence ----------------------------------------------------------
+
+
+def client_stream(client: str | None) -> Any:
+    s = stream()
+    s.client = client
+    return s
+
+
+def test_send_to_and_disconnect_reach_a_client_in_any_process(make: Factory) -> None:
+    a, b = make(), make()
+    ann_a, ann_b, bob = client_stream("ann"), client_stream("ann"), client_stream("bob")
+    a.subscribe(ann_a, ["room"])
+    b.subscribe(ann_b, ["room", "other"])
+    b.subscribe(bob, ["room"])
+    a.send_to("ann", {"only": "ann"}, event="private", id="p-1")
+    expected = b'event: private\ndata: {"only":"ann"}\nid: p-1\n\n'
+    assert frame_of(ann_a) == expected and frame_of(ann_b) == expected
+    assert_quiet(ann_a, 0.1)
+    assert_quiet(bob, 0.1)
+    # Not part of any channel's history.
+    assert b.subscribe(stream(), ["room"], "0").frames == []
+    b.disconnect("ann")
+    assert ended(ann_a) == "disconnected by server"
+    assert ended(ann_b) == "disconnected by server"
+    assert not bob.ended
+    a.send_to("nobody", "lost")  # no such client: nothing happens
+    assert_quiet(bob, 0.1)
+
+
+def test_presence_lists_client_ids_and_counts_streams(make: Factory) -> None:
+    a, b = make(), make()
+    ann, ann2, bob, anon = (client_stream(c) for c in ("ann", "ann", "bob", None))
+    a.subscribe(ann, ["lobby"])
+    b.subscribe(ann2, ["lobby"])
+    b.subscribe(bob, ["lobby", "side"])
+    a.subscribe(anon, ["lobby"])
+    # Every process's streams under a shared broker (each process sees all four).
+    wait_until(lambda: a.subscriber_count("lobby") == 4 and b.subscriber_count("lobby") == 4)
+    assert a.presence("lobby") == b.presence("lobby") == {"ann": 2, "bob": 1}
+    assert b.presence("side") == {"bob": 1}
+    b.unsubscribe(ann2)
+    b.unsubscribe(bob)
+    wait_until(lambda: a.presence("lobby") == {"ann": 1} and a.subscriber_count("lobby") == 2)
+    wait_until(lambda: a.presence("side") == {} and b.subscriber_count("side") == 0)

@@ -31,6 +31,8 @@ def test_swarm_messages_round_trip(cid: str, frame: bytes) -> None:
     assert codec.decode(codec.left(cid)) == codec.Left(cid)
     assert codec.decode(codec.ended(cid)) == codec.Ended(cid)
     assert codec.decode(codec.closed(cid)) == codec.Closed(cid)
+    assert codec.decode(codec.to_client(frame)) == codec.ToClient(frame)
+    assert codec.decode(codec.drop()) == codec.Drop()
 
 
 @given(
@@ -50,6 +52,8 @@ def test_the_bytes_are_the_documented_ones() -> None:
     assert codec.left("c1") == b"l c1"
     assert codec.ended("c1") == b"e c1"
     assert codec.closed("host:1:ab") == b"c host:1:ab"
+    assert codec.to_client(b"f") == b"t\nf"
+    assert codec.drop() == b"r\n"
     assert (
         codec.event(7, "e-7", None, b"data: 1\nid: e-7\n\n") == b"m 7 \ne-7\ndata: 1\nid: e-7\n\n"
     )
@@ -59,7 +63,8 @@ def test_the_bytes_are_the_documented_ones() -> None:
 @pytest.mark.parametrize(
     "payload",
     [b"", b"x", b"b", b"bx", b"d", b"d c1", b"dc1\nf", b"j", b"jc1", b"m", b"m 1", b"m 1 \nid",
-     b"m x \nid\nf", b"m 1 up\nid\nf", b"m -1 \nid\nf", b"j \xff", b"z anything"],
+     b"m x \nid\nf", b"m 1 up\nid\nf", b"m -1 \nid\nf", b"j \xff", b"z anything",
+     b"t", b"tf", b"r", b"r x"],
 )  # fmt: skip
 def test_unknown_or_malformed_messages_are_ignored(payload: bytes) -> None:
     assert codec.decode(payload) is None

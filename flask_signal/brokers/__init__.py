@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
+from .. import framing
 from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
 from ..hub import LocalHub, Stream
 
@@ -278,6 +279,41 @@ class Broker(ABC):
     @abstractmethod
     def close_channel(self, channel: str) -> None:
         """End every stream subscribed to ``channel``, in every process."""
+
+    # -- clients -------------------------------------------------------------------
+    #
+    # A channel stream may carry a client id the application chose
+    # (``Stream.client``, set before :meth:`subscribe`). These defaults serve
+    # one process (memory://); a broker shared by processes overrides them.
+
+    def send_to(
+        self,
+        client: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> None:
+        """Send an event to every stream of ``client``, in every process; not kept in
+        any channel's history."""
+        self.hub.to_client(client, framing.message(data, event=event, id=id, retry=retry))
+
+    def disconnect(self, client: str) -> None:
+        """End every stream of ``client``, in every process."""
+        self.hub.end_client(client)
+
+    def presence(self, channel: str) -> dict[str, int]:
+        """The client ids subscribed to ``channel``, each with its number of streams.
+
+        Every process's under a shared broker; this process's otherwise.
+        """
+        return self.hub.presence(channel)
+
+    def subscriber_count(self, channel: str) -> int:
+        """Streams subscribed to ``channel`` (with a client id or not), counted as
+        :meth:`presence` is."""
+        return self.hub.count(channel)
 
     def stats(self) -> dict[str, Any]:
         """Broker-specific figures for :meth:`Signal.stats`."""

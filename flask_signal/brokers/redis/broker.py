@@ -14,6 +14,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any
 
+import gevent
 import redis
 from redis import exceptions as rexc
 
@@ -127,6 +128,11 @@ class RedisBroker(Broker):
         self._started_in: int | None = None
         self._pending: dict[str, set[_Pending]] = {}
         self._subscribed: dict[Stream, tuple[bytes, ...]] = {}
+        #: This process's channel streams by (channel, client id or ""): what its
+        #: presence entries in Redis say once written (see :meth:`_flush_presence`).
+        self._present: dict[tuple[str, str], int] = {}
+        self._dirty: set[tuple[str, str]] = set()
+        self._flusher: gevent.Greenlet[Any, Any] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -176,6 +182,7 @@ class RedisBroker(Broker):
                 for swarm_id, cid in members:
                     self.once.queue(pipe, self.scripts.leave, *self._leave_call(swarm_id, cid))
                 self.liveness.forget(pipe)
+                self.liveness.reap_presence(self.process)
                 pipe.execute()
             except (rexc.RedisError, OSError) as exc:
                 log.warning("could not clean up this process's swarms in Redis: %s", exc)
@@ -188,6 +195,8 @@ class RedisBroker(Broker):
         return self.liveness.reap()
 
     def _check_listener(self) -> None:
+        if self._dirty:
+            self._start_flusher()  # presence writes that failed: try again
         if not self.listener.healthy():
             log.error("redis pub/sub listener died or stopped receiving; restarting it")
             self.listener.restart()
@@ -448,14 +457,17 @@ class RedisBroker(Broker):
     ) -> Replay:
         self.start()
         names = tuple(dict.fromkeys(channels))
-        topics = tuple(self.keys.channel(name) for name in names)
+        items = [(self.keys.channel(name), "chan", name) for name in names]
+        if stream.client is not None:
+            items.append((self.keys.client(stream.client), "client", stream.client))
+        topics = tuple(item[0] for item in items)
         pending = _Pending(stream)
         for name in names:
             self._pending.setdefault(name, set()).add(pending)
         try:
             # Live events are buffered from the moment Redis confirms the
             # subscription; only then is the history read, so none falls between.
-            self.listener.acquire([(t, "chan", n) for t, n in zip(topics, names, strict=True)])
+            self.listener.acquire(items)
             try:
                 history = (
                     self._read_history(names, last_event_id) if last_event_id is not None else None
@@ -479,6 +491,7 @@ class RedisBroker(Broker):
         self._subscribed[stream] = topics
         for name in self.hub.subscribe(stream, names):
             signals.channel_opened.send(self.sender, channel=name)
+        self._presence_change(names, stream.client, 1)
         return Replay([events[seq] for seq in sorted(events)], lost)
 
     def _read_history(
@@ -500,7 +513,93 @@ class RedisBroker(Broker):
             return
         for name in self.hub.unsubscribe(stream):
             signals.channel_emptied.send(self.sender, channel=name)
+        self._presence_change(stream.channels, stream.client, -1)
         self.listener.release(topics)
+
+    # -- clients and presence ------------------------------------------------------
+
+    def send_to(
+        self,
+        client: str,
+        data: Any,
+        *,
+        event: str | None = None,
+        id: str | None = None,
+        retry: int | None = None,
+    ) -> None:
+        # Through Redis even when this process holds the client: one path, one order.
+        frame = framing.message(data, event=event, id=id, retry=retry)
+        with unavailable():
+            self.redis.publish(self.keys.client(client), codec.to_client(frame))
+
+    def disconnect(self, client: str) -> None:
+        with unavailable():
+            self.redis.publish(self.keys.client(client), codec.drop())
+
+    def presence(self, channel: str) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for client, count in self._presence_entries(channel):
+            if client:
+                found[client] = found.get(client, 0) + count
+        return found
+
+    def subscriber_count(self, channel: str) -> int:
+        return sum(count for _, count in self._presence_entries(channel))
+
+    def _presence_entries(self, channel: str) -> list[tuple[str, int]]:
+        """(client id or "", streams) of every process's entries for ``channel``."""
+        with unavailable():
+            entries = self.redis.hgetall(self.keys.presence(channel))
+        return [(decode(field).partition("\n")[2], int(count)) for field, count in entries.items()]
+
+    def _presence_change(self, names: Sequence[str], client: str | None, delta: int) -> None:
+        """Count a stream in or out of ``names`` here; Redis learns of it in the background."""
+        who = client or ""
+        for name in names:
+            key = (name, who)
+            count = self._present.get(key, 0) + delta
+            if count > 0:
+                self._present[key] = count
+            else:
+                self._present.pop(key, None)
+            self._dirty.add(key)
+        self._start_flusher()
+
+    def _start_flusher(self) -> None:
+        if self._flusher is None or self._flusher.dead:
+            self._flusher = gevent.spawn(self._flush_presence)
+
+    def _flush_presence(self) -> None:
+        """Write this process's changed presence entries, from one greenlet so that
+        writes reach Redis in order; each writes the count as it is now. A failed
+        write is retried at the next heartbeat; if this process dies, the reaper of
+        another removes its entries (see :meth:`.Liveness.reap_presence`)."""
+        while self._dirty and self.process:
+            batch, self._dirty = self._dirty, set()
+            ttl = int(self.history_ttl * 1000)
+            pipe = self.redis.pipeline(transaction=False)
+            for name, who in batch:
+                key, field = self.keys.presence(name), f"{self.process}\n{who}"
+                count = self._present.get((name, who), 0)
+                if count:
+                    pipe.hset(key, field, count)
+                    pipe.pexpire(key, ttl)
+                    pipe.sadd(self.keys.proc_presence(self.process), name)
+                else:
+                    pipe.hdel(key, field)
+            try:
+                pipe.execute()
+            except (rexc.RedisError, OSError) as exc:
+                log.warning("could not record channel presence in Redis: %s", exc)
+                self._dirty |= batch
+                return
+
+    def _on_client(self, client: str, payload: bytes) -> None:
+        message = codec.decode(payload)
+        if isinstance(message, codec.ToClient):
+            self.hub.to_client(client, message.frame)
+        elif isinstance(message, codec.Drop):
+            self.hub.end_client(client)
 
     def close_channel(self, channel: str) -> None:
         self.hub.end_channel(channel)
@@ -529,6 +628,8 @@ class RedisBroker(Broker):
     def _on_message(self, topic: Topic, payload: bytes) -> None:
         if topic.kind == "swarm":
             self._on_swarm(topic.key, payload)
+        elif topic.kind == "client":
+            self._on_client(topic.key, payload)
         else:
             self._on_channel(topic.key, payload)
 

@@ -13,6 +13,8 @@ left       ``l <cid>``                           a peer left (tell the initiator
 ended      ``e <cid>``                           the initiator left: every stream of the swarm ends
 event      ``m <seq> <marker>\\n<id>\\n<frame>``   a channel event; marker ``=<event>`` or empty
 closed     ``c <process>``                       the channel was closed by ``process``
+to client  ``t\\n<frame>``                        a frame for every stream of a client id
+drop       ``r\\n``                               every stream of a client id ends
 =========  ====================================  ======================================
 
 Frames are complete SSE frames, encoded once by the sender and queued as the
@@ -63,7 +65,15 @@ class Closed(NamedTuple):
     process: str
 
 
-Message = Broadcast | Direct | Joined | Left | Ended | Event | Closed
+class ToClient(NamedTuple):
+    frame: bytes
+
+
+class Drop(NamedTuple):
+    pass
+
+
+Message = Broadcast | Direct | Joined | Left | Ended | Event | Closed | ToClient | Drop
 
 
 def _text(raw: bytes) -> str:
@@ -111,6 +121,14 @@ def closed(process: str) -> bytes:
     return b"c " + _raw(process)
 
 
+def to_client(frame: bytes) -> bytes:
+    return b"t\n" + frame
+
+
+def drop() -> bytes:
+    return b"r\n"
+
+
 # -- decoding ----------------------------------------------------------------------
 
 
@@ -145,6 +163,10 @@ def _decode(payload: bytes) -> Message | None:
         if kind == b"e":
             return Ended(value)
         return Closed(value)
+    if kind == b"t":
+        return ToClient(payload[2:]) if payload[1:2] == b"\n" else None
+    if payload == b"r\n":
+        return Drop()
     if kind == b"m":
         parts = payload.split(b"\n", 2)
         if len(parts) != 3:

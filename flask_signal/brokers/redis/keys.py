@@ -53,6 +53,15 @@ class Keys:
         raw = topic if isinstance(topic, bytes) else encode(topic)
         return decode(raw[self._channel_start : -1])
 
+    def presence(self, name: str) -> bytes:
+        """Who is subscribed to a channel (hash: ``"<process>\\n<client id>"`` -> streams;
+        an empty client id counts the streams without one)."""
+        return self.channel(name) + b":presence"
+
+    def client(self, client: str) -> bytes:
+        """A client id's topic: events for its streams, and their disconnection."""
+        return encode(f"{self.prefix}client:{{{client}}}")
+
     def proc(self, process: str) -> bytes:
         """A process's heartbeat (string with a TTL)."""
         return encode(f"{self.prefix}proc:{{{process}}}")
@@ -60,3 +69,7 @@ class Keys:
     def proc_peers(self, process: str) -> bytes:
         """The peers whose streams a process holds (set of ``"<swarm id> <cid>"``)."""
         return encode(f"{self.prefix}proc:{{{process}}}:peers")
+
+    def proc_presence(self, process: str) -> bytes:
+        """The channels under which a process has presence entries (set of names)."""
+        return encode(f"{self.prefix}proc:{{{process}}}:presence")

@@ -109,6 +109,7 @@ class Liveness:
         pipe.sadd(self.keys.procs, self.process)
         pipe.pexpire(self.keys.procs, ttl * 10)
         pipe.pexpire(peers_key, ttl)
+        pipe.pexpire(self.keys.proc_presence(self.process), ttl)
         now = time.monotonic()
         refresh = now - self._refreshed >= self.swarm_ttl / 3
         if refresh:
@@ -189,8 +190,19 @@ class Liveness:
                 swarm_id, _, cid = decode(entry).partition(" ")
                 if self.leave(swarm_id, cid, process):
                     reaped += 1
+            self.reap_presence(process)
             pipe = self.client.pipeline(transaction=False)
             pipe.delete(keys.proc_peers(process))
             pipe.srem(keys.procs, process)
             pipe.execute()
         return reaped
+
+    def reap_presence(self, process: str) -> None:
+        """Remove ``process``'s entries from the presence of every channel it recorded."""
+        mark = f"{process}\n".encode()
+        for raw in self.client.smembers(self.keys.proc_presence(process)):
+            key = self.keys.presence(decode(raw))
+            fields = [f for f in self.client.hkeys(key) if bytes(f).startswith(mark)]
+            if fields:
+                self.client.hdel(key, *fields)
+        self.client.delete(self.keys.proc_presence(process))
