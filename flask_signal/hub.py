@@ -77,6 +77,7 @@ class Stream:
         "maxsize",
         "nbytes",
         "opened",
+        "pings",
         "response",
         "swarm_id",
         "writing",
@@ -114,6 +115,9 @@ class Stream:
         self.direct = False
         #: While set, frames queue but the reader is not woken (see :meth:`release`).
         self.held = False
+        #: Whether :func:`keep_alive` sends this stream comments (see
+        #: ``SIGNAL_PING_WITHOUT_ACCEPT``: naive line parsers turn them into rows).
+        self.pings = True
 
     def __repr__(self) -> str:
         state = f"ended:{self.end_reason}" if self.ended else "open"
@@ -394,5 +398,5 @@ def keep_alive(hub: LocalHub, interval: float) -> None:
     while True:
         gevent.sleep(interval)
         for stream in tuple(hub.streams):
-            if not stream.pending():
+            if stream.pings and not stream.pending():
                 stream.put(PING)

@@ -138,6 +138,12 @@ def open_stream(
     """
     broker = st.broker
     stream = Stream(st.settings.queue_size, kind, st.settings.queue_bytes)
+    # Keep-alive comments only for clients that asked for an event stream (browsers
+    # always do): moshpit, which sends no Accept, turns each into a row of garbage.
+    stream.pings = (
+        st.settings.ping_without_accept
+        or "text/event-stream" in environ.get("HTTP_ACCEPT", "").lower()
+    )
     attached, head = attach(stream)
     broker.hub.add(stream)
     signals.client_connected.send(sender, stream=stream)

@@ -394,6 +394,20 @@ class Settings:
         doc='a field (e.g. `"from"`) in which the server stamps the sending peer\'s cid into '
         "object signals, overwriting what the client put there (`None`: off)",
     )
+    defer_accept: bool = setting(
+        True,
+        check=_bool,
+        doc="accept a connection only once its first bytes are in (Linux `TCP_DEFER_ACCEPT` "
+        "on the server's listening sockets), so that requests a client sends one after "
+        "another on separate connections are served in the order they arrived",
+    )
+    ping_without_accept: bool = setting(
+        False,
+        check=_bool,
+        doc="send keep-alive comments also to streams whose request did not ask for "
+        "`text/event-stream` (moshpit sends no Accept header, and its line parser turns "
+        "each comment into a row)",
+    )
 
     def __post_init__(self) -> None:
         for item in fields(self):

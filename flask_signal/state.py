@@ -77,6 +77,10 @@ class AppState:
         """Start the broker in the serving process: after any fork, since a
         gunicorn master must not own listeners that its workers inherit."""
         self.started = True
+        if self.settings.defer_accept:
+            from .listeners import defer_accept
+
+            defer_accept()
         self.broker.start()
         settings = self.settings
         worker = drain.find_worker()
