@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Response, current_app, has_app_context, url_for
+from flask import Flask, Response, current_app, has_app_context, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from . import drain, framing, views
@@ -76,18 +76,8 @@ class Signal:
         st = AppState(settings, make_broker(settings, app))
         app.extensions["signal"] = self
         app.extensions[EXTENSION_KEY] = st
-        blueprint = views.make_blueprint(settings.url_prefix, cors=bool(settings.cors))
-        if settings.cors:
-            from flask_cors import CORS
-
-            origins = "*" if settings.cors is True else settings.cors
-            # send_wildcard: answer "*" itself rather than echoing each Origin.
-            CORS(
-                blueprint,
-                origins=origins,
-                send_wildcard=origins == "*",
-                expose_headers=["Retry-After"],
-            )
+        # Checked here, so that an unsound CORS configuration stops the app at init.
+        blueprint = views.make_blueprint(settings.url_prefix, cors=st.cors)
         app.register_blueprint(blueprint)
         if settings.fast_path is not False:
             from .fastpath import FastPath
@@ -317,6 +307,13 @@ class Signal:
 
         def stream_view(**kwargs: Any) -> Any:
             st = app_state(current_app)
+            if request.method == "OPTIONS":
+                if st.cors is None:
+                    return current_app.make_default_options_response()
+                return views.preflight(st.cors)
+            return views.add_cors(st.cors, answer(st, kwargs))
+
+        def answer(st: AppState, kwargs: dict[str, Any]) -> Any:
             try:
                 result = view(**kwargs)
             except HTTPException as exc:
@@ -339,4 +336,4 @@ class Signal:
                 return views.answer_error(exc)
 
         stream_view.__name__ = view.__name__
-        app.add_url_rule(rule, endpoint, stream_view, methods=["GET"], **options)
+        app.add_url_rule(rule, endpoint, stream_view, methods=["GET", "OPTIONS"], **options)

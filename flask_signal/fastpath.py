@@ -48,8 +48,6 @@ _REASONS = {
 }
 
 
-_CORS_ANY = [("Access-Control-Allow-Origin", "*"), ("Access-Control-Expose-Headers", "Retry-After")]
-
 #: Flask's registries of per-request functions, by scope: ``None`` (the app)
 #: and the blueprint's name are the scopes that apply to the hub's routes.
 HOOKS = (
@@ -92,7 +90,7 @@ METHODS = (
 
 
 def own_functions(app: Flask) -> set[Any]:
-    """The hooks and error handlers the hub's blueprint registered (and flask-cors on it)."""
+    """The hooks and error handlers the hub's blueprint registered (its CORS among them)."""
     own: set[Any] = set()
     for name in HOOKS:
         own.update(getattr(app, name).get(views.BLUEPRINT, ()))
@@ -157,10 +155,8 @@ class FastPath:
         # Taken now, when nothing but the extension has registered on the blueprint.
         self.own = own_functions(app)
         self.prefix = state.settings.url_prefix
-        # With CORS on, browsers' requests (they carry Origin) need flask-cors's
-        # headers; only a wildcard can be added here without its logic.
-        self.cors_any = state.settings.cors in (True, "*")
-        self.cors = bool(state.settings.cors)
+        # The same CORS headers as the blueprint's, from the same policy.
+        self.cors = state.cors
         # Fixed routes such as /channels are the blueprint's: their static
         # rules outrank /<id> there, so they must here too.
         self.reserved = views.reserved()
@@ -184,12 +180,7 @@ class FastPath:
         fast = self.fast
         if fast is None:
             fast = self.decide()
-        if (
-            fast
-            and (method == "GET" or method == "POST")
-            and path.startswith(self.prefix)
-            and (not self.cors or self.cors_any or "HTTP_ORIGIN" not in environ)
-        ):
+        if fast and (method == "GET" or method == "POST") and path.startswith(self.prefix):
             rest = path[len(self.prefix) :]
             st = self.state.ready()
             # ``{prefix}?channel=x`` subscribes to a channel (Flask-SSE's URL): the blueprint's.
@@ -198,19 +189,22 @@ class FastPath:
                 and (self.prefix or rest)
                 and "channel=" not in environ.get("QUERY_STRING", "")
             ):
-                return self._send(protocol.base(st, environ, self.app), start_response)
+                answer = protocol.base(st, environ, self.app)
+                return self._send(answer, environ, start_response)
             if rest[:1] == "/" and protocol.ID.fullmatch(rest, 1) and rest[1:] not in self.reserved:
                 answer = protocol.swarm(st, environ, self.app, rest[1:])
-                return self._send(answer, start_response)
+                return self._send(answer, environ, start_response)
         return self.wsgi_app(environ, start_response)
 
-    def _send(self, answer: Answer, start_response: Callable[..., Any]) -> Any:
+    def _send(
+        self, answer: Answer, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Any:
         headers = answer.headers
         body = answer.body
         if isinstance(body, tuple):
             headers = [*headers, ("Content-Length", str(sum(map(len, body))))]
-        if self.cors_any:
-            headers = [*headers, *_CORS_ANY]
+        if self.cors is not None:
+            headers = [*headers, *self.cors.headers(environ.get("HTTP_ORIGIN"))]
         status = _REASONS.get(answer.status) or f"{answer.status} UNKNOWN"
         start_response(status, headers)
         return body

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from . import framing
+from . import framing, ice
 from .parsing import parse_size
 
 if TYPE_CHECKING:
@@ -229,8 +229,9 @@ class Settings:
     cors: Any = setting(  # noqa: RUF009 (setting() is a dataclass field)
         None,
         check=_cors,
-        doc='`True` or `"*"` for any origin, or a list of origins (flask-cors on the hub\'s '
-        "routes, errors included)",
+        doc='`True` or `"*"` for any origin, or a list of origins: CORS headers on every '
+        "answer of the hub, errors and preflights included, with `Vary: Origin` whenever "
+        "the answer depends on the origin",
         cli=Option(
             ("--cors",),
             "allowed origins, comma separated; '*' for any, '' for no CORS",
@@ -238,6 +239,17 @@ class Settings:
             parse=_origins,
             default="*",
         ),
+    )
+    cors_credentials: bool = setting(
+        False,
+        check=_bool,
+        doc="allow credentials (cookies, HTTP authentication: `withCredentials`) from the "
+        "origins of `SIGNAL_CORS`, which must then be a list: never with `*`",
+    )
+    cors_max_age: int = setting(
+        7200,
+        check=_int(0),
+        doc="seconds browsers may cache the answer to a CORS preflight",
     )
     create_status: int = setting(
         200,
@@ -393,6 +405,25 @@ class Settings:
         check=_optional(_str),
         doc='a field (e.g. `"from"`) in which the server stamps the sending peer\'s cid into '
         "object signals, overwriting what the client put there (`None`: off)",
+    )
+    ice_servers: tuple[Mapping[str, Any], ...] = setting(
+        (),
+        check=lambda value: tuple(ice.normalize(value)),
+        doc="STUN/TURN servers handed to every peer in its `connect` data (`iceServers`), "
+        'for RTCPeerConnection: URLs (`"stun:stun.example.org:3478"`) or RTCIceServer '
+        "dicts (`urls`, `username`, `credential`)",
+    )
+    turn_secret: str | None = setting(
+        None,
+        check=_optional(_str),
+        doc="a secret shared with the TURN server (coturn's `static-auth-secret`): TURN "
+        "entries of `SIGNAL_ICE_SERVERS` without credentials get short-lived ones per peer "
+        "(username `<expiry>:<cid>`, password base64 HMAC-SHA1)",
+    )
+    turn_ttl: int = setting(
+        86400,
+        check=_int(1),
+        doc="seconds the TURN credentials of `SIGNAL_TURN_SECRET` stay valid",
     )
     defer_accept: bool = setting(
         True,

@@ -9,12 +9,15 @@ use: in the serving process, after any fork.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import gevent
 
-from . import drain
+from . import cors, drain, ice
 from .brokers import Broker, from_url
 from .hub import LocalHub, keep_alive, watchdog
 from .settings import Settings
@@ -35,6 +38,22 @@ CHANNEL_HEADERS = {"Cache-Control": "no-cache, no-transform"}
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 
+def ice_extra(settings: Settings) -> Callable[[str], dict[str, Any]]:
+    """What a peer's ``connect`` data gains: its ``iceServers``, with TURN credentials."""
+
+    def extra(cid: str) -> dict[str, Any]:
+        servers = ice.ice_servers(
+            settings.ice_servers,
+            cid,
+            turn_secret=settings.turn_secret,
+            ttl=settings.turn_ttl,
+            now=time.time(),
+        )
+        return {"iceServers": servers}
+
+    return extra
+
+
 def make_broker(settings: Settings, sender: Any) -> Broker:
     """The broker ``settings`` name, not started."""
     options = dict(settings.broker_options)
@@ -50,6 +69,7 @@ def make_broker(settings: Settings, sender: Any) -> Broker:
         resume_bytes=min(settings.queue_bytes, 64 * 1024),
         sender_field=settings.sender_field,
         max_swarm_peers=settings.max_swarm_peers,
+        connect_extra=ice_extra(settings) if settings.ice_servers else None,
         **options,
     )
 
@@ -106,6 +126,12 @@ class AppState:
                 spread=settings.drain_spread,
                 period=min(1.0, (settings.write_timeout or settings.max_stream_age) / 4),
             )
+
+    @cached_property
+    def cors(self) -> cors.Policy | None:
+        """The CORS policy (``None``: off); ValueError for an unsound configuration."""
+        settings = self.settings
+        return cors.policy(settings.cors, settings.cors_credentials, settings.cors_max_age)
 
     def stream_headers(self, protocol: str, kind: str = "swarm") -> list[tuple[str, str]]:
         """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it.

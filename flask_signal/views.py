@@ -27,6 +27,7 @@ import gevent
 from flask import Blueprint, Response, copy_current_request_context, current_app, request
 
 from . import errors, framing, protocol, signals
+from .cors import Policy
 from .errors import Answer, BadRequest, FlaskSignalError
 from .hub import Stream
 from .parsing import content_length, optional_str, parse_body, read_body
@@ -387,7 +388,28 @@ def reserved() -> frozenset[str]:
     )
 
 
-def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
+def preflight(policy: Policy) -> Response:
+    """The answer to a CORS preflight."""
+    response = Response(b"", 204)
+    origin = request.headers.get("Origin")
+    response.headers.extend(policy.headers(origin, preflight=True))
+    return response
+
+
+def add_cors(policy: Policy | None, result: Any) -> Any:
+    """``result`` (a view's return value) with the CORS headers ``policy`` gives this request."""
+    if policy is None:
+        return result
+    response = current_app.make_response(result)
+    for name, value in policy.headers(request.headers.get("Origin")):
+        if name == "Vary":
+            response.vary.add(value)
+        else:
+            response.headers[name] = value
+    return response
+
+
+def make_blueprint(prefix: str, *, cors: Policy | None) -> Blueprint:
     """The hub's routes under ``prefix`` (``""`` mounts them at the root)."""
     bp = Blueprint(BLUEPRINT, __name__)
     for route in ROUTES:
@@ -398,13 +420,23 @@ def make_blueprint(prefix: str, *, cors: bool) -> Blueprint:
 
     @bp.before_request
     def options() -> Response | None:
-        # A CORS preflight is answered here and decorated by flask-cors;
-        # without CORS, OPTIONS is just another method the hub does not serve.
+        # A CORS preflight is answered here, whatever the path; without CORS,
+        # OPTIONS is just another method the hub does not serve.
         if request.method != "OPTIONS":
             return None
-        if cors:
-            return Response(b"", 200)
+        if cors is not None:
+            return preflight(cors)
         return respond(protocol.method_not_allowed(["GET", "HEAD", "POST"]))
+
+    if cors is not None:
+
+        @bp.after_request
+        def cors_headers(response: Response) -> Response:
+            # Every answer, errors included; a preflight has its own already.
+            if request.method == "OPTIONS":
+                return response
+            result: Response = add_cors(cors, response)
+            return result
 
     bp.register_error_handler(FlaskSignalError, answer_error)
     return bp

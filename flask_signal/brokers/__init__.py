@@ -23,7 +23,7 @@ import hashlib
 import importlib
 import secrets
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
@@ -156,6 +156,7 @@ class Broker(ABC):
         resume_bytes: int = 64 * 1024,
         sender_field: str | None = None,
         max_swarm_peers: int = 0,
+        connect_extra: Callable[[str], Mapping[str, Any]] | None = None,
     ) -> None:
         self.hub = hub if hub is not None else LocalHub()
         self.sender = sender
@@ -168,6 +169,15 @@ class Broker(ABC):
         self.sender_field = sender_field
         #: Peers a swarm may hold; 0: no bound.
         self.max_swarm_peers = max_swarm_peers
+        #: Extra fields of a peer's ``connect`` data, given its cid (``iceServers``).
+        self.connect_extra = connect_extra
+
+    def connect_frame(self, member: Membership) -> bytes:
+        """The ``connect`` frame of a new peer: its membership, and any extra fields."""
+        data: dict[str, Any] = member.connect_data()
+        if self.connect_extra is not None:
+            data.update(self.connect_extra(member.cid))
+        return framing.swarm_event("connect", data)
 
     # -- lifecycle -----------------------------------------------------------------
 

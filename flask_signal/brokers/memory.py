@@ -135,7 +135,7 @@ class MemoryBroker(Broker):
         peer = swarm.peers[member.cid] = _Peer(member.cid, digest, stream, key)
         swarm.tokens[digest] = member.cid
         self.hub.peers[member.cid] = stream
-        self._deliver(peer, framing.swarm_event("connect", member.connect_data()))
+        self._deliver(peer, self.connect_frame(member))
 
     def _deliver(self, peer: _Peer, frame: bytes) -> None:
         """Send ``frame`` to ``peer``; with resume on, numbered and kept for a resume."""

@@ -258,7 +258,7 @@ class RedisBroker(Broker):
         stream.swarm_id, stream.cid = member.id, member.cid
         self.swarms.add_initiator(member.id, member.cid, stream)
         self.hub.peers[member.cid] = stream
-        stream.put(framing.swarm_event("connect", member.connect_data()))
+        stream.put(self.connect_frame(member))
         signals.swarm_created.send(self.sender, swarm_id=member.id, cid=member.cid)
         return member
 
@@ -272,7 +272,7 @@ class RedisBroker(Broker):
         stream.swarm_id, stream.cid = swarm_id, member.cid
         self.swarms.add_joining(member.cid, stream)
         self.hub.peers[member.cid] = stream
-        stream.put(framing.swarm_event("connect", member.connect_data()))
+        stream.put(self.connect_frame(member))
         joined = 0
         try:
             joined = self.once.run(
