@@ -8,6 +8,8 @@ drops their streams half-way. ``page_html`` is also served from another origin b
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import gevent
@@ -71,6 +73,14 @@ window.ready = true;
 </script>"""
 
 
+def docs_example() -> str:
+    """The page of docs/browser.md: its first ``html`` block."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "browser.md").read_text()
+    match = re.search(r"^```html\n(.*?)^```", text, re.M | re.S)
+    assert match, "docs/browser.md has no html example"
+    return match.group(1)
+
+
 def create_app() -> Flask:
     app = create_test_app()
     signal = app.extensions["signal"]
@@ -79,6 +89,10 @@ def create_app() -> Flask:
     def page() -> Response:
         hub = request.host_url.rstrip("/") + app.extensions["signal_state"].settings.url_prefix
         return Response(page_html(signal.client_url(), hub), mimetype="text/html")
+
+    @app.get("/_test/docs_example")
+    def docs_page() -> Response:
+        return Response(docs_example(), mimetype="text/html")
 
     @app.get("/_test/client_url")
     def client_url() -> Any:

@@ -19,7 +19,9 @@ from typing import Any
 import pytest
 import requests
 
+from flask_signal import ice
 from tests.browser_app import page_html
+from tests.support import Peer as RawPeer
 from tests.support import Server, free_port, start_server
 
 CHROMIUM = os.environ.get("SIGNAL_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -109,12 +111,12 @@ def hub_factory(tmp_path: Path) -> Iterator[Any]:
 
 
 class PageServer(ThreadingHTTPServer):
-    """Another origin: serves one HTML page at every path."""
+    """Another origin: serves one HTML page (``html``, set once known) at every path."""
 
     daemon_threads = True
+    html = b""
 
-    def __init__(self, html: str) -> None:
-        self.html = html.encode()
+    def __init__(self) -> None:
         super().__init__(("127.0.0.1", free_port()), _PageHandler)
 
     @property
@@ -136,16 +138,20 @@ class _PageHandler(BaseHTTPRequestHandler):
         pass
 
 
-def other_origin_page(hub: Server) -> Iterator[PageServer]:
-    client = requests.get(hub.origin + "/_test/client_url", timeout=5).json()["url"]
-    server = PageServer(page_html(hub.origin + client, hub.url))
+@pytest.fixture
+def other_origin() -> Iterator[PageServer]:
+    server = PageServer()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def serve_page_for(server: PageServer, hub: Server) -> None:
+    """The test page, on ``server``'s origin, importing the client from the hub's."""
+    client = requests.get(hub.origin + "/_test/client_url", timeout=5).json()["url"]
+    server.html = page_html(hub.origin + client, hub.url).encode()
 
 
 def open_page(context: Any, url: str) -> Any:
@@ -206,6 +212,31 @@ def test_two_pages_signal_and_open_a_data_channel(context: Any, hub_factory: Any
     a = open_page(context, hub.origin + "/_test/page")
     b = open_page(context, hub.origin + "/_test/page")
     swarm_round_trip(a, b)
+
+
+@pytest.mark.parametrize("credentials", [False, True], ids=["anonymous", "credentials"])
+def test_a_page_on_another_origin(
+    context: Any, hub_factory: Any, other_origin: PageServer, credentials: bool
+) -> None:
+    hub = hub_factory({"cors": [other_origin.origin], "cors_credentials": credentials})
+    serve_page_for(other_origin, hub)
+    context.add_cookies([{"name": "session", "value": "s1", "url": hub.origin}])
+    a = open_page(context, other_origin.origin + "/a")
+    b = open_page(context, other_origin.origin + "/b")
+    assert a.evaluate("HUB") == hub.url and not hub.url.startswith(other_origin.origin)
+    swarm_round_trip(a, b, with_credentials=credentials)
+
+
+def test_credentials_need_the_hub_to_allow_them(
+    context: Any, hub_factory: Any, other_origin: PageServer
+) -> None:
+    hub = hub_factory({"cors": [other_origin.origin]})
+    serve_page_for(other_origin, hub)
+    page = open_page(context, other_origin.origin + "/")
+    page.evaluate("window.peer = record(new Peer(HUB, null, {withCredentials: true}), ['close'])")
+    page.wait_for_function("peer.closed")
+    assert page.evaluate("peer.connected") is False
+    assert page.evaluate("peer.seen[0][0]") == "close"
 
 
 def test_client_is_served_versioned_and_long_cached(hub_factory: Any) -> None:
@@ -321,3 +352,84 @@ def test_demo_chat_between_two_pages(
     finally:
         desktop.close()
         phone.close()
+
+
+def test_the_docs_example_chats_between_two_pages(context: Any, hub_factory: Any) -> None:
+    """docs/browser.md's page, as written: two pages meet by its link and chat peer to peer."""
+    hub = hub_factory()
+    a = context.new_page()
+    a.goto(hub.origin + "/_test/docs_example")
+    a.wait_for_function("document.getElementById('link').href.includes('#')")
+    b = context.new_page()
+    b.goto(a.evaluate("document.getElementById('link').href"))
+    for page in (a, b):
+        page.wait_for_function("document.getElementById('log').textContent.includes('connected')")
+    b.fill("#text", "hi from b")
+    b.press("#text", "Enter")
+    a.wait_for_function("document.getElementById('log').textContent.includes('them: hi from b')")
+    a.fill("#text", "hi from a")
+    a.press("#text", "Enter")
+    b.wait_for_function("document.getElementById('log').textContent.includes('them: hi from a')")
+
+
+# -- ICE servers ---------------------------------------------------------------------------
+
+
+def test_turn_credentials_are_coturns_shared_secret_scheme() -> None:
+    # The username is "<expiry>:<cid>", the password base64(HMAC-SHA1(secret, username)):
+    # what coturn's use-auth-secret recomputes from its static-auth-secret.
+    # The value is openssl's:
+    # echo -n 1700000000:abc | openssl dgst -sha1 -hmac north -binary | base64
+    username, password = ice.turn_credentials("north", "abc", 1700000000)
+    assert username == "1700000000:abc"
+    assert password == "g5HTmCBrPDhYXFpM/1dHUtfE+c4="
+
+
+def test_ice_servers_from_settings() -> None:
+    servers = ice.normalize(
+        [
+            "stun:stun.example.org:3478",
+            {"urls": ["turn:turn.example.org:3478", "turns:turn.example.org:5349"]},
+            {"urls": "turn:other.example.org", "username": "u", "credential": "c"},
+        ]
+    )
+    given = ice.ice_servers(servers, "cid1", turn_secret="s", ttl=600, now=1000.5)
+    assert given[0] == {"urls": "stun:stun.example.org:3478"}
+    username, password = ice.turn_credentials("s", "cid1", 1600)
+    assert given[1] == {
+        "urls": ["turn:turn.example.org:3478", "turns:turn.example.org:5349"],
+        "username": username,
+        "credential": password,
+    }
+    assert given[2] == {"urls": "turn:other.example.org", "username": "u", "credential": "c"}
+    assert ice.ice_servers(servers, "cid1", now=0)[1] == servers[1]  # no secret, no credentials
+    for bad in (["http://x"], [{"urls": []}], [{"urls": "stun:x", "password": "p"}]):
+        with pytest.raises(ValueError):
+            ice.normalize(bad)
+
+
+def test_connect_data_carries_ice_servers(hub_factory: Any) -> None:
+    hub = hub_factory(
+        {
+            "ice_servers": ["stun:stun.example.org", "turn:turn.example.org:3478"],
+            "turn_secret": "s3cret",
+            "turn_ttl": 300,
+        }
+    )
+    peer = RawPeer.open(hub.url, headers={"Accept": "text/event-stream"})
+    try:
+        data = json.loads(bytes(peer.sse.raw).split(b"data: ")[1].split(b"\n")[0])
+        assert set(data) == {"id", "cid", "token", "iceServers"}
+        stun, turn = data["iceServers"]
+        assert stun == {"urls": "stun:stun.example.org"}
+        expiry, cid = turn["username"].split(":")
+        assert cid == peer.cid and int(expiry) > 0
+        assert ice.turn_credentials("s3cret", cid, int(expiry))[1] == turn["credential"]
+    finally:
+        peer.close()
+    # Without ICE servers configured, connect data is what the original sends.
+    plain = RawPeer.open(hub_factory().url)
+    try:
+        assert b"iceServers" not in bytes(plain.sse.raw)
+    finally:
+        plain.close()
