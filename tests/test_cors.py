@@ -50,19 +50,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def servers(
     tmp_path_factory: pytest.TempPathFactory, broker_url: str | None
 ) -> Iterator[dict[tuple[str, bool], Server | Pair]]:
-    """A server per configuration, through Flask and through the fast path, started at once."""
+    """A server per configuration, through Flask and through the fast path, for the module."""
     tmp: Path = tmp_path_factory.mktemp("cors")
     wanted = [(name, fast) for name in CONFIGS for fast in (False, True)]
 
     def start(item: tuple[str, bool]) -> Server | Pair:
         name, fast = item
-        srv = start_hub(tmp, {**CONFIGS[name], "fast_path": fast}, redis_url=broker_url)
-        # Listening is not serving yet: workers booting side by side take a while.
-        for _ in range(2):
-            requests.get(srv.origin + "/_test/stats", timeout=60).raise_for_status()
-        return srv
+        return start_hub(tmp, {**CONFIGS[name], "fast_path": fast}, redis_url=broker_url)
 
-    with ThreadPoolExecutor(len(wanted)) as pool:
+    # Two at a time: each boot is CPU-bound, and more at once only slows every one down.
+    with ThreadPoolExecutor(2) as pool:
         started = dict(zip(wanted, pool.map(start, wanted), strict=True))
     yield started
     with ThreadPoolExecutor(len(wanted)) as pool:
