@@ -147,6 +147,14 @@ def open_stream(
     attached, head = attach(stream)
     broker.hub.add(stream)
     signals.client_connected.send(sender, stream=stream)
+    if log.isEnabledFor(logging.INFO):
+        log.info(
+            "stream opened: kind=%s swarm=%s cid=%s channels=%s",
+            kind,
+            stream.swarm_id,
+            stream.cid,
+            ",".join(stream.channels),
+        )
     on_close = _Detach(broker, sender, detach, stream, attached)
     body = EventStream(
         stream,
@@ -182,7 +190,16 @@ class _Detach:
         except BrokerUnavailable:
             log.warning("broker unavailable while closing %r", self.stream)
         finally:
-            counts["end:" + (self.stream.end_reason or "closed")] += 1
+            stream = self.stream
+            counts["end:" + (stream.end_reason or "closed")] += 1
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "stream ended: kind=%s swarm=%s cid=%s reason=%s",
+                    stream.kind,
+                    stream.swarm_id,
+                    stream.cid,
+                    stream.end_reason,
+                )
             self.broker.hub.discard(self.stream)
             signals.client_disconnected.send(self.sender, stream=self.stream)
 

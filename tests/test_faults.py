@@ -305,3 +305,32 @@ def test_the_sender_field_with_redis_across_processes(tmp_path: Path, redis_url:
     finally:
         a.stop()
         b.stop()
+
+
+def test_lifecycle_log_lines(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import gevent
+    from flask import Flask
+
+    from flask_signal import Signal
+
+    app = Flask(__name__)
+    signal = Signal(app)
+    client = app.test_client()
+    caplog.set_level(logging.INFO, logger="flask_signal")
+
+    def open_and_close() -> None:
+        response = client.get("/signal", headers={"Accept": "text/event-stream"}, buffered=False)
+        assert b"event: connect" in next(iter(response.response))
+        response.close()
+
+    gevent.spawn(open_and_close).get(timeout=10)
+    with app.app_context():
+        signal.drain()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "flask_signal"]
+    assert any(m.startswith("stream opened: kind=swarm swarm=") for _, m in lines), lines
+    assert any(
+        m.startswith("stream ended: kind=swarm") and m.endswith("reason=closed") for _, m in lines
+    ), lines
+    assert ("INFO", "draining: 0 streams end with a retry hint") in lines
