@@ -13,9 +13,11 @@ from typing import Any
 #: A comment frame: keeps proxies from closing an idle stream.
 PING = b":\n\n"
 
-_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+#: No NaN nor Infinity: JSON.parse refuses them (see _dumps).
+_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 _LINES = re.compile(r"\r\n|\r|\n")
-_FORBIDDEN = re.compile(r"[\r\n\0]")
+_FORBIDDEN = re.compile(r"[\r\n\0\ud800-\udfff]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def _c_encoder() -> Any:
@@ -29,7 +31,7 @@ def _c_encoder() -> Any:
         # left dirty by an error. A circular value overflows the recursion
         # limit instead, and to_json then asks _json for the proper error.
         encoder = c_make_encoder(
-            None, _json.default, encode_basestring, None, ":", ",", False, False, True
+            None, _json.default, encode_basestring, None, ":", ",", False, False, False
         )
         probe = {"a": [1, 2.5, None, True, "é\n"], "b": {}}
         if "".join(encoder(probe, 0)) != _json.encode(probe):
@@ -42,14 +44,49 @@ def _c_encoder() -> Any:
 _encode = _c_encoder()
 
 
-def to_json(value: Any) -> str:
-    """Serialize compactly, as JavaScript's ``JSON.stringify`` does."""
-    if type(value) is str or _encode is None:
-        return _json.encode(value)
+def _dumps(value: Any) -> str:
+    """Compact JSON, possibly holding lone surrogates (which UTF-8 cannot carry)."""
     try:
+        if type(value) is str or _encode is None:
+            return _json.encode(value)
         return "".join(_encode(value, 0))
     except RecursionError:
         return _json.encode(value)  # ValueError: circular reference
+    except ValueError:
+        # NaN or an infinity: written null, as JSON.stringify writes them.
+        return _json.encode(_finite(value))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities made ``None``."""
+    if isinstance(value, float):
+        return value if value - value == 0 else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _utf16(text: str) -> str:
+    """Surrogates that make a pair joined into one character, as in a JavaScript string."""
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+
+
+def _escape_surrogates(json_text: str) -> str:
+    """Lone surrogates written ``\\udxxx``, as ``JSON.stringify`` writes them.
+
+    In JSON text they can only stand inside strings, where the escape is valid.
+    """
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", _utf16(json_text))
+
+
+def to_json(value: Any) -> str:
+    """Serialize compactly, as JavaScript's ``JSON.stringify`` does, lone surrogates escaped."""
+    text = _dumps(value)
+    if not text.isascii() and _SURROGATE.search(text):
+        return _escape_surrogates(text)
+    return text
 
 
 def swarm_event(event: str, data: Any) -> bytes:
@@ -58,13 +95,20 @@ def swarm_event(event: str, data: Any) -> bytes:
     The original's clients split each line on ``": "`` and JSON-parse what
     follows, so nothing else may precede or follow these two lines.
     """
-    return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
+    try:
+        return f"event: {event}\ndata: {_dumps(data)}\n\n".encode()
+    except UnicodeEncodeError:
+        # Rare, so checked only when encoding fails: keeps the hot path as it was.
+        return f"event: {event}\ndata: {to_json(data)}\n\n".encode()
 
 
 def check_field(name: str, value: str) -> str:
-    """Refuse a value for a single-line SSE field (``event``, ``id``) that would break framing."""
+    """Refuse a value for a single-line SSE field (``event``, ``id``) that would break
+    framing, or that UTF-8 cannot carry (a lone surrogate)."""
     if _FORBIDDEN.search(value):
-        raise ValueError(f"SSE {name} must not contain CR, LF or NUL: {value!r}")
+        raise ValueError(
+            f"SSE {name} must not contain CR, LF or NUL, nor a lone surrogate: {value!r}"
+        )
     return value
 
 
@@ -83,8 +127,17 @@ def data_lines(data: Any) -> str:
     CR, LF and CRLF all end a line, as the SSE parser in every client reads
     them; empty and trailing lines are kept so the client sees the same text.
     """
-    text = data if isinstance(data, str) else to_json(data)
+    text = data if isinstance(data, str) else _dumps(data)
     return "".join(f"data: {line}\n" for line in _LINES.split(text))
+
+
+def _well_formed_lines(data: Any) -> str:
+    """:func:`data_lines` for data holding lone surrogates: escaped in JSON, as
+    ``JSON.stringify`` does; replaced by U+FFFD in a string sent as it is, as
+    Node's UTF-8 encoder does."""
+    if isinstance(data, str):
+        return data_lines(_SURROGATE.sub("\ufffd", _utf16(data)))
+    return data_lines(to_json(data))
 
 
 def message(
@@ -99,7 +152,10 @@ def message(
     tail = f"id: {check_field('id', id)}\n" if id is not None else ""
     if retry is not None:
         tail += f"retry: {int(retry)}\n"
-    return f"{head}{data_lines(data)}{tail}\n".encode()
+    try:
+        return f"{head}{data_lines(data)}{tail}\n".encode()
+    except UnicodeEncodeError:
+        return f"{head}{_well_formed_lines(data)}{tail}\n".encode()
 
 
 def retry(milliseconds: int) -> bytes:

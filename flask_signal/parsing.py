@@ -20,6 +20,10 @@ FORM_MAX_DEPTH = 5
 FORM_MAX_PARAMS = 1000
 #: qs turns ``a[3]=x`` into a list only up to this index.
 FORM_ARRAY_LIMIT = 20
+#: Arrays and objects nested deeper than this in a JSON body are refused:
+#: signalling data is shallow, and a bound keeps every later step (framing,
+#: the Redis broker's encoding) far from Python's recursion limit.
+JSON_MAX_DEPTH = 64
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(b|kb|mb|gb)?\s*$", re.IGNORECASE)
 _UNITS = {None: 1, "b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
@@ -168,6 +172,15 @@ def _assign(target: dict[str, Any], parts: list[str], value: str, field: str) ->
         node = child
 
 
+def _index(key: str) -> int | None:
+    """An array index as qs reads one: ASCII digits in canonical form (``"3"``,
+    not ``"03"`` nor ``"²"``), at most :data:`FORM_ARRAY_LIMIT`; else ``None``."""
+    if not (0 < len(key) <= 2 and key.isascii() and key.isdigit()):
+        return None
+    index = int(key)
+    return index if index <= FORM_ARRAY_LIMIT and str(index) == key else None
+
+
 def _finish(value: Any) -> Any:
     """Turn ``{"": [..]}`` and ``{"0": .., "1": ..}`` nodes into lists, as qs does."""
     if isinstance(value, _List):
@@ -176,7 +189,7 @@ def _finish(value: Any) -> Any:
         return value
     if list(value) == [""] and isinstance(value[""], _List):
         return [_finish(v) for v in value[""]]
-    if value and all(k.isdigit() and int(k) <= FORM_ARRAY_LIMIT for k in value):
+    if value and all(_index(k) is not None for k in value):
         return [_finish(value[k]) for k in sorted(value, key=int)]
     return {k: _finish(v) for k, v in value.items()}
 
@@ -219,24 +232,69 @@ def is_json(content_type: str | None) -> bool:
     )
 
 
-_decoder = json.JSONDecoder()
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (_INF, -_INF):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+_INF = float("inf")
+#: As JavaScript's JSON.parse: no NaN, Infinity or -Infinity (the browsers
+#: that receive the data would fail to parse the frame), and no number that
+#: overflows a double (JSON.parse makes it Infinity, which no frame can carry).
+_decoder = json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_finite)
 _JSON_SPACE = " \t\n\r"
 
 
 def loads(body: bytes) -> Any:
-    """``json.loads`` for a request body, shorter for the common case.
+    """``json.loads`` for a request body, as strict as ``JSON.parse``.
 
-    A UTF-8 body that opens with an object (no BOM, not UTF-16/32, which
-    put a NUL beside the brace) skips the encoding sniffing and the two
-    whitespace regexes of ``json.loads``; anything else goes to it.
+    Refuses (``ValueError``) NaN and infinities, numbers out of a double's
+    range and arrays or objects nested over :data:`JSON_MAX_DEPTH`;
+    ``UnicodeDecodeError`` for a body that is not valid UTF-8 (nor UTF-16/32,
+    which ``json.loads`` also reads). A UTF-8 body that opens with an object
+    skips the encoding sniffing and the whitespace regexes of ``json.loads``.
     """
     if body[:1] == b"{" and body[1:2] != b"\0":
-        text = body.decode("utf-8", "surrogatepass")
-        value, end = _decoder.raw_decode(text)
-        if end != len(text) and text[end:].strip(_JSON_SPACE):
-            raise json.JSONDecodeError("Extra data", text, end)
-        return value
-    return json.loads(body)
+        text = body.decode("utf-8")
+    else:
+        text = body.decode(json.detect_encoding(body))
+    try:
+        value, end = _decoder.raw_decode(text, len(text) - len(text.lstrip(_JSON_SPACE)))
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+    if end != len(text) and text[end:].strip(_JSON_SPACE):
+        raise json.JSONDecodeError("Extra data", text, end)
+    # Only a body with enough brackets can be too deep: most are let through
+    # on two counts over bytes, without walking the value.
+    if body.count(b"[") + body.count(b"{") > JSON_MAX_DEPTH and _depth(value) > JSON_MAX_DEPTH:
+        raise ValueError(f"JSON nested deeper than {JSON_MAX_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deep arrays and objects nest in a parsed JSON value (iterative: no recursion)."""
+    deepest = 0
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        node, level = todo.pop()
+        if isinstance(node, dict):
+            children: Any = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if level > deepest:
+            deepest = level
+            if deepest > JSON_MAX_DEPTH:
+                break
+        todo.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def parse_body(content_type: str | None, body: bytes) -> Mapping[str, Any]:
@@ -244,7 +302,9 @@ def parse_body(content_type: str | None, body: bytes) -> Mapping[str, Any]:
     if is_json(content_type):
         try:
             value = loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except UnicodeDecodeError as exc:
+            raise BadRequest("body is not valid UTF-8") from exc
+        except ValueError as exc:
             raise BadRequest(f"body is not valid JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise BadRequest("JSON body must be an object")
