@@ -243,15 +243,18 @@ def test_one_pubsub_connection_per_process(own_redis: RedisServer, make: Factory
 
 
 def test_redis_outage_then_recovery(own_redis: RedisServer, make: Factory) -> None:
-    a = make(own_redis.url, connect_timeout=0.5)
-    b = make(own_redis.url, connect_timeout=0.5)
+    """Streams stay open while Redis is away; when it comes back empty, the swarms it
+    forgot end, channel streams carry on, and everything works again."""
+    a = make(own_redis.url, connect_timeout=0.5, ping_interval=0.5, ping_timeout=0.5)
+    b = make(own_redis.url, connect_timeout=0.5, ping_interval=0.5, ping_timeout=0.5)
     m1, s1, _, s2 = swarm(a, b)
     ch = stream()
     b.subscribe(ch, ["live"])
 
     own_redis.kill()
-    for s in (s1, s2, ch):
-        assert ended(s) == "broker unavailable"
+    wait_until(lambda: not a.stats()["pubsub_connected"] and not b.stats()["pubsub_connected"])
+    assert not any(s.ended for s in (s1, s2, ch))
+    assert not a.healthy()
     with pytest.raises(BrokerUnavailable):
         a.create_swarm(stream())
     with pytest.raises(BrokerUnavailable):
@@ -260,31 +263,90 @@ def test_redis_outage_then_recovery(own_redis: RedisServer, make: Factory) -> No
         a.signal(m1.id, 1)
     with pytest.raises(BrokerUnavailable):
         b.subscribe(stream(), ["live"])
-    a.leave_swarm(m1)  # cannot reach Redis: remembered, not raised
 
     own_redis.start()
     wait_until(lambda: a.stats()["pubsub_connected"] and b.stats()["pubsub_connected"], 20)
+    assert ended(s1) == "swarm closed"  # Redis came back empty: the swarm is gone
+    assert ended(s2) == "swarm closed"
+    a.leave_swarm(m1)
+    assert a.healthy() and b.healthy()
     m1, s1, m2, s2 = swarm(a, b)
     assert b.signal(m1.id, "again", token=m2.token) is Delivery.OK
     assert event_of(s1) == ("signal", "again")
     assert event_of(s2) == ("signal", "again")
-    ch = stream()
-    b.subscribe(ch, ["live"])
     event_id = a.publish(["live"], "back")
+    assert not ch.ended
     assert ids_of([frame_of(ch)]) == [event_id]
 
 
-def test_a_dead_listener_is_restarted(make: Factory) -> None:
+def test_a_dead_listener_is_restarted_and_streams_stay(make: Factory) -> None:
     a, b = make(heartbeat_interval=0.2, peer_ttl=0.6), make()
-    _, s1, _, _ = swarm(a, b)
+    m1, s1, m2, s2 = swarm(a, b)
     listener = a.listener.greenlet
     assert listener is not None
     listener.kill()
-    assert ended(s1) == "broker unavailable"
-    wait_until(lambda: a.stats()["pubsub_connected"])
-    m1, s1, _, s2 = swarm(a, b)
-    assert a.signal(m1.id, "ok") is Delivery.OK
+    wait_until(lambda: a.listener.greenlet is not listener and a.stats()["pubsub_connected"])
+    assert b.signal(m1.id, "ok", token=m2.token) is Delivery.OK
+    assert event_of(s1) == ("signal", "ok")
     assert event_of(s2) == ("signal", "ok")
+
+
+def test_channels_catch_up_after_a_pubsub_reconnection(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    """Events published while a process's pub/sub link was down reach its streams from
+    the history, in order, once each; swarm streams stay."""
+    a, b = make(own_redis.url), make(own_redis.url)
+    m1, s1, _, s2 = swarm(a, b)
+    one, both = stream(), stream()
+    a.subscribe(one, ["x"])
+    a.subscribe(both, ["x", "y"])
+    first = b.publish(["x"], 0)
+    assert ids_of([frame_of(one)]) == ids_of([frame_of(both)]) == [first]
+    client = redis.Redis.from_url(own_redis.url)
+    subscriber = next(c for c in client.client_list() if int(c["sub"]) == 3)  # a's listener
+    client.client_kill_filter(_id=subscriber["id"])
+    # Published at once: some reach a before its link is back, and come from history.
+    ids = [b.publish(["x", "y"] if i % 2 else ["x"], i) for i in range(1, 30)]
+    got_one = ids_of([frame_of(one) for _ in ids])
+    got_both = ids_of([frame_of(both) for _ in ids])
+    assert got_one == got_both == ids
+    assert_quiet(one, 0.2)
+    assert_quiet(both, 0.2)
+    assert a.signal(m1.id, "still", token=m1.token) is Delivery.OK
+    assert event_of(s1) == event_of(s2) == ("signal", "still")
+
+
+def test_a_stall_ends_no_stream_and_reaps_no_peer(own_redis: RedisServer, make: Factory) -> None:
+    """Redis paused longer than the heartbeats' TTL and the listener's PING timeout:
+    afterwards every swarm and stream is still there and works."""
+    quick = {"heartbeat_interval": 0.3, "peer_ttl": 1.0, "ping_interval": 0.5, "ping_timeout": 0.5}
+    a, b = make(own_redis.url, **quick), make(own_redis.url, **quick)
+    m1, s1, m2, s2 = swarm(a, b)
+    ch = stream()
+    a.subscribe(ch, ["z"])
+    _pause(own_redis, 4, after=0).join()
+    gevent.sleep(3)  # several reaper rounds after the stall
+    assert [s.end_reason for s in (s1, s2, ch)] == [None, None, None]
+    assert a.authenticate(m1.id, m2.token) is Delivery.OK
+    assert b.signal(m1.id, "after", token=m2.token) is Delivery.OK
+    assert event_of(s1) == event_of(s2) == ("signal", "after")
+    event_id = b.publish(["z"], "after")
+    assert ids_of([frame_of(ch)]) == [event_id]
+    assert_quiet(s1, 0.1)
+
+
+def test_a_flushed_history_ends_channel_streams(own_redis: RedisServer, make: Factory) -> None:
+    a, b = make(own_redis.url), make(own_redis.url)
+    ch = stream()
+    a.subscribe(ch, ["f"])
+    for i in range(3):
+        b.publish(["f"], i)
+    for _ in range(3):
+        frame_of(ch)
+    redis.Redis.from_url(own_redis.url).flushall()
+    b.publish(["f"], "new epoch")  # sequence number 1 again: a's stream must not miss it
+    assert ended(ch) == "broker unavailable"
 
 
 # -- round trips -------------------------------------------------------------------

@@ -127,6 +127,11 @@ class RedisBroker(Broker):
         self.process = ""
         self._started_in: int | None = None
         self._pending: dict[str, set[_Pending]] = {}
+        #: The epoch of event ids, once learnt from Redis.
+        self._epoch: str | None = None
+        #: The highest sequence number heard on pub/sub. Messages arrive in the order
+        #: Redis ran the scripts, so a lower one means the sequencer started again.
+        self._heard = 0
         self._subscribed: dict[Stream, tuple[bytes, ...]] = {}
         #: This process's channel streams by (channel, client id or ""): what its
         #: presence entries in Redis say once written (see :meth:`_flush_presence`).
@@ -143,6 +148,7 @@ class RedisBroker(Broker):
             lambda: self.pool.connection_class(**self.pool.connection_kwargs),
             on_message=self._on_message,
             on_lost=self._on_lost,
+            on_restored=self._on_restored,
             timing=self.timing,
         )
 
@@ -464,6 +470,14 @@ class RedisBroker(Broker):
         pending = _Pending(stream)
         for name in names:
             self._pending.setdefault(name, set()).add(pending)
+        baseline = self._heard
+        if last_event_id is None and self._epoch is None:
+            # Where the sequencer stands: the point to catch up from after a reconnection.
+            with unavailable():
+                known_epoch, known_seq = self.redis.hmget(self.keys.seq, ["epoch", "seq"])
+            if known_epoch is not None:
+                self._epoch = decode(known_epoch)
+                baseline = max(baseline, int(known_seq or 0))
         try:
             # Live events are buffered from the moment Redis confirms the
             # subscription; only then is the history read, so none falls between.
@@ -483,7 +497,7 @@ class RedisBroker(Broker):
                     if not waiting:
                         del self._pending[name]
         # From here to hub.subscribe nothing yields: the listener cannot slip in.
-        after, current, lost, events = history if history is not None else (0, 0, False, {})
+        after, current, lost, events = history if history is not None else (0, baseline, False, {})
         for seq, frame in pending.events.items():
             if seq > after:
                 events[seq] = frame
@@ -504,6 +518,8 @@ class RedisBroker(Broker):
         head, tail = (parts[0], str(parts[1])) if parts is not None else ("", "")
         reply = self.once.read(self.scripts.replay, keys, [last_event_id, head, tail])
         current, lost, after, flat = int(reply[1]), bool(reply[2]), int(reply[3]), reply[4:]
+        if reply[0]:
+            self._epoch = decode(reply[0])
         events = {int(flat[i]): flat[i + 1] for i in range(0, len(flat), 2)}
         return after, current, lost, events
 
@@ -614,6 +630,9 @@ class RedisBroker(Broker):
             return
         if not isinstance(message, codec.Event):
             return
+        if message.seq < self._heard:
+            self._history_lost()
+        self._heard = message.seq
         for pending in self._pending.get(channel, ()):
             pending.events[message.seq] = message.frame
         if channel not in self.hub.channels:
@@ -634,14 +653,60 @@ class RedisBroker(Broker):
             self._on_channel(topic.key, payload)
 
     def _on_lost(self) -> None:
-        """The pub/sub connection failed: what it carried may be lost, so every stream
-        of this process ends and its clients reconnect (to a healthy process, or later)."""
-        streams = self._all_streams() + list(self.hub.streams)
-        streams = [stream for stream in set(streams) if not stream.ended]
-        if streams:
-            log.warning("ending %d streams: Redis pub/sub connection lost", len(streams))
-        for stream in streams:
+        """The pub/sub connection failed. Streams stay open: once a new connection has
+        every topic again, :meth:`_on_restored` catches them up."""
+        log.warning("redis pub/sub connection lost; streams stay open while it reconnects")
+
+    def _on_restored(self) -> None:
+        """A new pub/sub connection holds every topic again: channels catch up from
+        their history, and swarms are checked against Redis, before any new message."""
+        self._catch_up_channels()
+        self._resync_swarms()
+
+    def _history_lost(self) -> None:
+        """The event sequencer started again (Redis flushed or restarted empty): end the
+        channel streams, whose clients resume and are told that history was lost."""
+        log.warning("channel history in Redis was lost; ending channel streams")
+        self._epoch = None
+        for stream in tuple(self._subscribed):
             stream.end("broker unavailable")
-        for waiting in self._pending.values():
-            for pending in waiting:
-                pending.stream.end("broker unavailable")
+
+    def _catch_up_channels(self) -> None:
+        streams = [stream for stream in self._subscribed if not stream.ended]
+        if not streams:
+            return
+        after = min(stream.last_seq for stream in streams)
+        last_id = format_event_id(self._epoch, after) if self._epoch else "0"
+        collected: list[tuple[int, str, bytes]] = []
+        for name in sorted({name for stream in streams for name in stream.channels}):
+            _, _, lost, events = self._read_history([name], last_id)
+            if lost:
+                self.hub.end_channel(name, "broker unavailable")
+                continue
+            collected += [(seq, name, frame) for seq, frame in events.items()]
+        # In the order they were published, so that no stream skips an older one.
+        for seq, name, frame in sorted(collected):
+            self.hub.deliver(name, seq, frame)
+        if collected:
+            log.info("channels caught up: %d events from history", len(collected))
+
+    def _resync_swarms(self) -> None:
+        """Apply what the lost connection may have carried: joins confirmed, peers
+        removed, swarms ended."""
+        swarm_ids = sorted({swarm_id for swarm_id, _, _ in self.swarms.members()})
+        if not swarm_ids:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for swarm_id in swarm_ids:
+            pipe.hgetall(self.keys.swarm(swarm_id))
+        for swarm_id, fields in zip(swarm_ids, pipe.execute(), strict=True):
+            if not fields:
+                for stream in self.swarms.streams(swarm_id) + self.swarms.joining(swarm_id):
+                    stream.end("swarm closed")
+                continue
+            for stream in self.swarms.joining(swarm_id):
+                if stream.cid is not None and f"k:{stream.cid}".encode() in fields:
+                    self.swarms.confirm_join(swarm_id, stream.cid)
+            for sid, cid, stream in list(self.swarms.confirmed()):
+                if sid == swarm_id and f"k:{cid}".encode() not in fields:
+                    stream.end("broker unavailable")

@@ -73,12 +73,22 @@ class Listener:
         *,
         on_message: Callable[[Topic, bytes], None],
         on_lost: Callable[[], None],
+        on_restored: Callable[[], None] | None = None,
         timing: Timing | None = None,
     ) -> None:
         #: Makes a new, unconnected redis-py connection.
         self.connection = connection
         self.on_message = on_message
         self.on_lost = on_lost
+        #: Called, in the listening greenlet, once a replacement connection has every
+        #: topic subscribed again and before any message it carries is handled.
+        self.on_restored = on_restored
+        #: Set while connected: what a request waits for during a reconnection.
+        self.up = Event()
+        #: Cuts a reconnection's backoff short when a request needs the connection.
+        self._wake = Event()
+        self._connections = 0
+        self._restoring = 0
         self.timing = timing or Timing()
         self.topics: dict[bytes, Topic] = {}
         self.conn: Any = None
@@ -95,7 +105,11 @@ class Listener:
     def acquire(self, items: Sequence[tuple[bytes, str, str]]) -> None:
         """Hold each topic; return once Redis has confirmed every subscription."""
         if not self.connected:
-            self.tried.wait(self.timing.connect_timeout)
+            if self.tried.is_set():
+                self._wake.set()  # Redis may be back: try now rather than after the backoff
+                self.up.wait(self.timing.connect_timeout)
+            else:
+                self.tried.wait(self.timing.connect_timeout)
             if not self.connected:
                 raise BrokerUnavailable("Redis unavailable: no pub/sub connection")
         fresh: list[bytes] = []
@@ -209,7 +223,8 @@ class Listener:
             if self._stopped():
                 return
             delay = min(self.timing.max_backoff, max(0.1, delay * 2))
-            gevent.sleep(delay * random.uniform(0.5, 1.0))
+            self._wake.clear()
+            self._wake.wait(delay * random.uniform(0.5, 1.0))
 
     def _connect(self) -> None:
         conn = self.connection()
@@ -222,7 +237,10 @@ class Listener:
             if entry.refs <= 0:
                 del self.topics[topic]
         self.connected = True
+        self._connections += 1
         again = [topic for topic in self.topics]
+        # A replacement connection: the owner catches up once every topic is back.
+        self._restoring = len(again) if self._connections > 1 else 0
         for entry in self.topics.values():
             entry.sent = 1
         for start in range(0, len(again), 500):
@@ -230,7 +248,10 @@ class Listener:
         counts["redis_reconnects"] += 1
         if again:
             log.info("redis pub/sub reconnected, %d topics resubscribed", len(again))
+        self.up.set()
         self.tried.set()
+        if self._connections > 1 and not again:
+            self._restored()
 
     def _pump(self) -> None:
         conn = self.conn
@@ -277,6 +298,10 @@ class Listener:
                     log.exception("flask_signal: failed to handle a pub/sub message")
         elif kind == b"subscribe":
             entry = self.topics.get(reply[1])
+            if self._restoring > 0:
+                self._restoring -= 1
+                if self._restoring == 0:
+                    self._restored()
             if entry is not None:
                 entry.acked += 1
                 for target, result in tuple(entry.waiters):
@@ -289,9 +314,18 @@ class Listener:
                 if entry.idle():
                     del self.topics[reply[1]]
 
+    def _restored(self) -> None:
+        if self.on_restored is not None:
+            try:
+                self.on_restored()
+            except Exception:
+                log.exception("flask_signal: catching up after a pub/sub reconnection failed")
+
     def _drop(self) -> None:
         conn, self.conn = self.conn, None
         self.connected = False
+        self.up.clear()
+        self._restoring = 0
         if conn is not None:
             with suppress(Exception):  # closing a broken socket may fail; it is gone anyway
                 conn.disconnect()

@@ -68,6 +68,9 @@ class Liveness:
         self._greenlets: list[gevent.Greenlet[Any, Any]] = []
         self._beats = 0
         self._refreshed = 0.0
+        #: Since when this process's heartbeats have succeeded without a gap.
+        self._serving_since: float | None = None
+        self._last_beat = 0.0
 
     def start(self, process: str) -> None:
         self.process = process
@@ -88,9 +91,19 @@ class Liveness:
 
     def _heartbeat_loop(self) -> None:
         while True:
+            started = time.monotonic()
+            late = started - self._last_beat > self.heartbeat_interval * 2
             try:
                 self.beat()
+                self._last_beat = time.monotonic()
+                if late or self._last_beat - started > self.heartbeat_interval:
+                    # A stall (of Redis, or of this process): the others' beats were
+                    # held up too, and may have expired.
+                    self._serving_since = None
+                elif self._serving_since is None:
+                    self._serving_since = started
             except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
+                self._serving_since = None
                 log.debug("heartbeat failed: %s", exc)
             except Exception:
                 log.exception("flask_signal: heartbeat failed")
@@ -160,6 +173,16 @@ class Liveness:
 
         Every process runs this; a ``SET NX PX`` lock lets one do it per interval.
         """
+        # After an outage or a stall every heartbeat may have expired, the living
+        # processes' too: reap only once Redis has served this process's own beats
+        # for a whole peer_ttl, time enough for every living process to beat again.
+        since, now = self._serving_since, time.monotonic()
+        if (
+            since is None
+            or now - since < self.peer_ttl
+            or now - self._last_beat > self.heartbeat_interval * 2
+        ):
+            return 0
         keys = self.keys
         lock_ttl = int(self.heartbeat_interval * 1000)
         if not self.client.set(keys.reaper, self.process, nx=True, px=lock_ttl):
