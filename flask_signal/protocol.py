@@ -311,7 +311,13 @@ def post_signal(st: AppState, environ: dict[str, Any], swarm_id: str) -> Answer:
     if data is None:
         checked = broker.authenticate(swarm_id, token)
         return delivery_error(checked) if checked is not Delivery.OK else error(400, "missing data")
-    result = broker.signal(swarm_id, data, cid=optional_str(fields, "cid"), token=token)
+    cid = optional_str(fields, "cid")
+    if cid is not None and not ID.fullmatch(cid):
+        # No peer has such a cid (the hub makes them); refused here, in the
+        # protocol's order, so that nothing malformed reaches a broker.
+        checked = broker.authenticate(swarm_id, token)
+        return delivery_error(checked if checked is not Delivery.OK else Delivery.NO_PEER)
+    result = broker.signal(swarm_id, data, cid=cid, token=token)
     if result is not Delivery.OK:
         return delivery_error(result)
     counts["signals_in"] += 1

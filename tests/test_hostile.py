@@ -872,3 +872,19 @@ def test_endpoints_on_a_real_server(
     for server in servers:
         log = server.log.read_text(errors="replace")
         assert "Traceback" not in log and "Error handling request" not in log, log
+
+
+@pytest.mark.parametrize("cid", ["\\ud800", "ABC", "a b", "é", "0" * 32 + "\\n"])
+def test_malformed_cid_is_no_such_peer(apps: list[Flask], broker: dict[str, Any], cid: str) -> None:
+    app = make_app(direct_writes=False, **broker)
+    apps.append(app)
+    client = app.test_client()
+    swarm = Swarm.create(client)
+    try:
+        for token, status in ((swarm.token, 404), ("wrong", 401)):
+            body = b'{"token":"%s","data":1,"cid":"%s"}' % (token.encode(), cid.encode())
+            response = post(client, f"{PREFIX}/{swarm.id}", body, JSON_TYPE)
+            assert response.status_code == status, response.data
+        assert swarm.initiator.take() == b"" and swarm.peer.take() == b""
+    finally:
+        swarm.close()
