@@ -216,6 +216,17 @@ class Signal:
         Redis, this process's with ``memory://`` (see :meth:`connection_count`)."""
         return self.broker.subscriber_count(channel)
 
+    def history(self, channel: str, since: str | int | None = None) -> list[dict[str, Any]]:
+        """The events ``channel`` retains, oldest first, or only those after the event id
+        ``since`` (sse-channel's ``sendEventsSinceId``): each a dict with ``data`` (the text
+        sent: JSON for non-strings), ``id`` and, where set, ``event`` and ``retry``.
+        Under a Redis broker, the history every process shares."""
+        after = framing.number_id(since) if isinstance(since, (int, float)) else since
+        return [
+            framing.parse_message(frame)
+            for frame in self.broker.channel_history(channel, after).frames
+        ]
+
     def close(self, channel: str) -> None:
         """End every stream of ``channel``; clients reconnect after their retry delay."""
         self.broker.close_channel(channel)

@@ -168,3 +168,19 @@ def comment(text: str = "") -> bytes:
     if not text:
         return PING
     return "".join(f": {line}\n" for line in _LINES.split(text)).encode() + b"\n"
+
+
+def parse_message(frame: bytes) -> dict[str, Any]:
+    """The fields of a frame made by :func:`message`: ``data`` (lines joined by LF),
+    ``event``, ``id`` and ``retry`` where present."""
+    fields: dict[str, Any] = {}
+    data: list[str] = []
+    for line in frame.decode().split("\n"):
+        name, _, value = line.partition(": ")
+        if name == "data":
+            data.append(value)
+        elif name in ("event", "id"):
+            fields[name] = value
+        elif name == "retry":
+            fields[name] = int(value)
+    return {"data": "\n".join(data), **fields}

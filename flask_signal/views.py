@@ -229,6 +229,25 @@ def authorize_publish(st: AppState, channels: Sequence[str]) -> Response | None:
     return None
 
 
+def channel_history(name: str) -> Response:
+    """``GET {prefix}/channels/<name>/history[?since=<id>]``: the retained events and the
+    subscriber count, as JSON, to those who may publish."""
+    st = state()
+    (checked,) = channel_names(name)
+    refusal = authorize_publish(st, [checked])
+    if refusal is not None:
+        return refusal
+    since = request.args.get("since") or last_event_id()
+    replay = st.broker.channel_history(checked, since)
+    body = {
+        "channel": checked,
+        "subscribers": st.broker.connection_count(checked),
+        "lost": replay.lost,
+        "events": [framing.parse_message(frame) for frame in replay.frames],
+    }
+    return Response(framing.to_json(body), mimetype="application/json")
+
+
 def publish_channels(name: str | None, fields: Mapping[str, Any]) -> list[str]:
     """The channels of a publish: the path's, ``?channel=`` ones, and the body's ``channel``
     or Mercure's ``topic`` (a string, or a list: repeated in a form)."""
@@ -374,6 +393,7 @@ ROUTES = [
     Route("/metrics", "metrics", metrics, ["GET"]),
     Route("/channels", "channels", channel),
     Route("/channels/<name>", "channel", channel),
+    Route("/channels/<name>/history", "channel_history", channel_history, ["GET"]),
     Route("/<swarm_id>", "swarm", swarm),
     Route("/<path:rest>", "not_found", not_found),
 ]

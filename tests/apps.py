@@ -96,6 +96,10 @@ def create_app() -> Flask:
     def ping() -> Any:
         return jsonify(reached=signal.ping((request.get_json() or {}).get("channel")))
 
+    @app.get("/_test/history/<channel>")
+    def history(channel: str) -> Any:
+        return jsonify(signal.history(channel, since=request.args.get("since")))
+
     @app.post("/_test/publish_burst")
     def publish_burst() -> Any:
         body = request.get_json()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.servers import Pair
 from tests.support import SSE, Server
 
 
@@ -220,6 +221,44 @@ def test_flask_sse_subscribe_url_and_default_channel(hub: Server) -> None:
         event = default.next()
         assert (event.event, event.json()) == ("greeting", {"message": "Hello!"})
         assert one.quiet(0.1) == []
+
+
+def test_a_resent_id_replaces_the_stored_event(hub: Server) -> None:
+    """sse-channel's history: one stored event per id, the latest, at its new place."""
+    publish(hub, "replaced", "v1", id="doc-1")
+    publish(hub, "replaced", "other", id="doc-2")
+    publish(hub, "replaced", "v2", id="doc-1")
+    with subscribe(hub, "/channels/replaced", headers={"Last-Event-ID": "0"}) as sse:
+        assert [(e.id, e.data) for e in sse.events(2)] == [("doc-2", "other"), ("doc-1", "v2")]
+        assert sse.quiet(0.1) == []
+    stored = requests.get(f"{hub.origin}/_test/history/replaced", timeout=5).json()
+    assert [(e["id"], e["data"]) for e in stored] == [("doc-2", "other"), ("doc-1", "v2")]
+    since = requests.get(f"{hub.origin}/_test/history/replaced?since=doc-2", timeout=5).json()
+    assert [e["data"] for e in since] == ["v2"]
+
+
+def test_history_and_subscribers_over_http(make_server) -> None:  # type: ignore[no-untyped-def]
+    srv = make_server({"publish_key": "k"})
+    url = srv.url + "/channels/hist/history"
+    assert requests.get(url, timeout=5).status_code == 401
+    auth = {"Authorization": "Bearer k"}
+    empty = requests.get(url, headers=auth, timeout=5)
+    assert empty.json() == {"channel": "hist", "subscribers": 0, "lost": False, "events": []}
+    ids = [publish(srv, "hist", {"n": n}, event="tick") for n in range(3)]
+    publish(srv, "hist", "plain", id=9, retry=500)
+    with subscribe(srv, "/channels/hist"):
+        wait_count(srv, "hist", 1)
+        body = requests.get(url, headers=auth, timeout=5).json()
+        if not isinstance(srv, Pair):  # counts are per process
+            assert body["subscribers"] == 1
+        assert body["events"] == [
+            *({"data": f'{{"n":{n}}}', "event": "tick", "id": ids[n]} for n in range(3)),
+            {"data": "plain", "id": "9", "retry": 500},
+        ]
+        after = requests.get(url + f"?since={ids[1]}", headers=auth, timeout=5).json()
+        assert [e["id"] for e in after["events"]] == [ids[2], "9"]
+        unknown = requests.get(url + "?since=nope", headers=auth, timeout=5).json()
+        assert unknown["lost"] is True
 
 
 def test_resume_before_the_window_reports_the_loss(make_server) -> None:  # type: ignore[no-untyped-def]

@@ -287,6 +287,11 @@ class Broker(ABC):
     def unsubscribe(self, stream: Stream) -> None: ...
 
     @abstractmethod
+    def channel_history(self, channel: str, since: str | None = None) -> Replay:
+        """The retained events of ``channel`` (after ``since``, an event id), oldest first;
+        ``lost`` when ``since`` is unknown or older than what is retained."""
+
+    @abstractmethod
     def close_channel(self, channel: str) -> None:
         """End every stream subscribed to ``channel``, in every process."""
 

@@ -309,6 +309,10 @@ class MemoryBroker(Broker):
                 channel = self.history[name] = _Channel(self.history_size)
             channel.touched = time.monotonic()
             if self.history_size:
+                if id is not None and any(item.id == id for item in channel.events):
+                    # A re-sent application id replaces its stored copy (sse-channel's history).
+                    kept = [item for item in channel.events if item.id != id]
+                    channel.events = deque(kept, maxlen=self.history_size)
                 if len(channel.events) == channel.events.maxlen:
                     channel.evicted_seq = channel.events[0].seq
                 channel.events.append(_Event(self.seq, event_id, frame))
@@ -342,6 +346,9 @@ class MemoryBroker(Broker):
         for name in self.hub.subscribe(stream, channels):
             signals.channel_opened.send(self.sender, channel=name)
         return replay
+
+    def channel_history(self, channel: str, since: str | None = None) -> Replay:
+        return self._replay([channel], "0" if since is None else since)
 
     def _replay(self, channels: Sequence[str], last_event_id: str | None) -> Replay:
         if last_event_id is None:

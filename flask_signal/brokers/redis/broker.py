@@ -508,6 +508,10 @@ class RedisBroker(Broker):
         self._presence_change(names, stream.client, 1)
         return Replay([events[seq] for seq in sorted(events)], lost)
 
+    def channel_history(self, channel: str, since: str | None = None) -> Replay:
+        _, _, lost, events = self._read_history([channel], "0" if since is None else since)
+        return Replay([events[seq] for seq in sorted(events)], lost)
+
     def _read_history(
         self, names: Sequence[str], last_event_id: str
     ) -> tuple[int, int, bool, dict[int, bytes]]:

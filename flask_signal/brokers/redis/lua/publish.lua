@@ -5,7 +5,8 @@
 --       application id ('' = hub-assigned), event marker, then one topic per channel.
 -- The frame is head .. 'id: ' .. id .. '\n' .. tail; the message is the codec's
 -- "event" form, 'm <seq> <marker>\n<id>\n<frame>', built here because only the
--- script knows the sequence number.
+-- script knows the sequence number. An application id already in a history
+-- replaces the event stored under it.
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then
   -- The history is gone (new Redis, flushed): a new epoch makes old ids unresumable.
@@ -24,6 +25,12 @@ for k = 1, (#KEYS - 1) / 2 do
     if redis.call('HGET', meta, 'epoch') ~= epoch then
       redis.call('DEL', history)
       redis.call('HSET', meta, 'epoch', epoch, 'evicted', 0)
+    end
+    if ARGV[6] ~= '' then
+      -- An id the application chose replaces its stored copy (sse-channel's history).
+      for _, entry in ipairs(redis.call('XRANGE', history, '-', '+')) do
+        if entry[2][4] == id then redis.call('XDEL', history, entry[1]) end
+      end
     end
     local over = redis.call('XLEN', history) + 1 - size
     if over > 0 then
