@@ -241,7 +241,7 @@ def channel_history(name: str) -> Response:
     replay = st.broker.channel_history(checked, since)
     body = {
         "channel": checked,
-        "subscribers": st.broker.connection_count(checked),
+        "subscribers": st.broker.subscriber_count(checked),
         "lost": replay.lost,
         "events": [framing.parse_message(frame) for frame in replay.frames],
     }
