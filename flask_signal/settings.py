@@ -268,7 +268,10 @@ class Settings:
         check=_int(0),
         doc="events each channel retains for resume",
         cli=Option(
-            ("--history-size",), "events each channel keeps for resume", metavar="N", parse=int
+            ("--history", "--history-size"),
+            "events each channel keeps for resume",
+            metavar="N",
+            parse=int,
         ),
     )
     max_clients: int = setting(
@@ -305,6 +308,12 @@ class Settings:
         None,
         check=_optional(_int(0)),
         doc="milliseconds sent as `retry:` at the start of channel streams",
+        cli=Option(
+            ("--retry",),
+            "milliseconds sent as retry: at the start of channel streams",
+            metavar="MS",
+            parse=int,
+        ),
     )
     headers: Mapping[str, str] = setting(
         factory=dict, check=_headers, doc="extra or replaced stream response headers"
@@ -313,6 +322,11 @@ class Settings:
         None,
         check=_optional(_str),
         doc="a secret that allows publishing over HTTP (`Authorization: Bearer <key>`)",
+        cli=Option(
+            ("--publish-key",),
+            "a secret that allows publishing over HTTP (Authorization: Bearer KEY)",
+            metavar="KEY",
+        ),
     )
     publish_auth: PublishAuth | None = setting(  # noqa: RUF009
         None,

@@ -245,3 +245,51 @@ def test_signal_ends_open_streams_and_exits_0(command: Callable[..., Command], s
         assert p.wait(5), p
         assert p.error is None, p.error  # a clean end of stream, not a broken connection
     assert closes == [None, None, None]
+
+
+# -- publishing, and an application's own routes ---------------------------------------
+
+
+def test_publish_key_history_and_retry(command: Callable[..., Command]) -> None:
+    from tests.support import SSE
+
+    cmd = command("--publish-key", "s3cret", "--history", "3", "--retry", "1500")
+    url = f"http://127.0.0.1:{cmd.port}/channels/news"
+    assert requests.post(url, json={"data": "x"}, timeout=5).status_code == 401
+    bad = {"Authorization": "Bearer wrong"}
+    assert requests.post(url, json={"data": "x"}, headers=bad, timeout=5).status_code == 403
+    key = {"Authorization": "Bearer s3cret"}
+    for n in range(5):
+        answer = requests.post(url, json={"data": n}, headers=key, timeout=5)
+        assert answer.status_code == 200, answer.text
+    with SSE.open(url, headers={"Last-Event-ID": "0"}) as sse:
+        # Three events kept; the stream opens with the retry hint.
+        assert [event.data for event in sse.events(3)] == ["2", "3", "4"]
+        assert b"retry: 1500\n" in bytes(sse.raw)
+        requests.post(url, json={"data": "live"}, headers=key, timeout=5)
+        assert sse.next().data == "live"
+
+
+def test_serves_an_applications_declared_routes(command: Callable[..., Command]) -> None:
+    from tests.support import SSE
+
+    cmd = command("--app", "tests.standalone_app:signal")
+    origin = f"http://127.0.0.1:{cmd.port}"
+    assert f"listening on {origin}/hub\n" in cmd.output()
+    with SSE.open(f"{origin}/users/ann/foo") as sse:
+        assert sse.status == 200
+        init = sse.next()
+        assert (init.event, init.json()) == ("init", {"user": "ann"})
+        assert b"retry: 2500\n" in bytes(sse.raw)  # the application's own settings
+        answer = requests.post(
+            f"{origin}/hub/channels/user.ann",
+            json={"data": "hello"},
+            headers={"Authorization": "Bearer standalone-key"},
+            timeout=5,
+        )
+        assert answer.status_code == 200, answer.text
+        assert sse.next().data == "hello"
+    done = run_command("--app", "tests.standalone_app:signal", "--retry", "5")
+    assert done.returncode == 2 and "configure the application itself" in done.stderr
+    done = run_command("--app", "tests.standalone_app:missing")
+    assert done.returncode == 2 and "has no 'missing'" in done.stderr
