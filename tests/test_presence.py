@@ -110,3 +110,29 @@ def test_memory_presence_is_this_process_only(tmp_path: Path) -> None:
         eventually(lambda: presence(srv, "solo") == {"clients": [], "count": 0})
     finally:
         srv.stop()
+
+
+def test_a_process_writes_its_presence_again_after_redis_lost_it(
+    redis_url: str, prefix: str
+) -> None:
+    import redis
+
+    from flask_signal.brokers.redis import RedisBroker
+    from flask_signal.hub import LocalHub, Stream
+    from tests.broker_support import wait_until
+
+    broker = RedisBroker(redis_url, hub=LocalHub(), prefix=prefix)
+    broker.start()
+    try:
+        stream = Stream(100, "channel")
+        stream.client = "ann"
+        broker.subscribe(stream, ["kept"])
+        wait_until(lambda: broker.presence("kept") == {"ann": 1})
+        redis.Redis.from_url(redis_url).delete(broker.keys.presence("kept"))
+        assert broker.presence("kept") == {}
+        broker.refresh_presence()  # what the heartbeat does every PRESENCE_REFRESH seconds
+        wait_until(lambda: broker.presence("kept") == {"ann": 1})
+        broker.unsubscribe(stream)
+        wait_until(lambda: broker.subscriber_count("kept") == 0)
+    finally:
+        broker.close()

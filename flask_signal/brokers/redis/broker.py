@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,6 +44,9 @@ from .scripts import Scripts
 from .swarms import LocalSwarms
 
 log = logging.getLogger("flask_signal")
+
+#: Seconds between rewrites of all of a process's presence entries.
+PRESENCE_REFRESH = 60.0
 
 
 class _Pending:
@@ -138,6 +142,7 @@ class RedisBroker(Broker):
         self._present: dict[tuple[str, str], int] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._flusher: gevent.Greenlet[Any, Any] | None = None
+        self._presence_asserted = time.monotonic()
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -201,6 +206,8 @@ class RedisBroker(Broker):
         return self.liveness.reap()
 
     def _check_listener(self) -> None:
+        if time.monotonic() - self._presence_asserted >= PRESENCE_REFRESH:
+            self.refresh_presence()
         if self._dirty:
             self._start_flusher()  # presence writes that failed: try again
         if not self.listener.healthy():
@@ -583,6 +590,14 @@ class RedisBroker(Broker):
             else:
                 self._present.pop(key, None)
             self._dirty.add(key)
+        self._start_flusher()
+
+    def refresh_presence(self) -> None:
+        """Write every presence entry of this process again (from the heartbeat, every
+        :data:`PRESENCE_REFRESH` seconds): entries a reaper removed while this process
+        stalled, or Redis lost, come back, and the keys' expiry is renewed."""
+        self._presence_asserted = time.monotonic()
+        self._dirty.update(self._present)
         self._start_flusher()
 
     def _start_flusher(self) -> None:
