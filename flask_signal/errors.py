@@ -67,6 +67,16 @@ class BrokerUnavailable(FlaskSignalError):
     """
 
 
+class OutcomeUnknown(BrokerUnavailable):
+    """The broker could not be reached to learn whether an operation took effect.
+
+    It took effect at most once: it may have been applied (a signal delivered,
+    an event stored and delivered) or not, and the caller must not assume
+    either. Retrying may apply it a second time, so the answer (504) carries
+    no ``Retry-After``.
+    """
+
+
 class SwarmFull(FlaskSignalError):
     """A swarm already holds as many peers as ``SIGNAL_MAX_SWARM_PEERS`` allows."""
 
@@ -89,8 +99,9 @@ def answer_for(
     EventSource takes any other answer, a 503 included, as final and never
     reconnects, whereas a stream that ends is reconnected by itself after the
     hint (``SIGNAL_RETRY_AFTER`` seconds, spread by up to half as much again
-    so that a crowd of clients does not return all at once). Other requests
-    get 503 with ``Retry-After``.
+    so that a crowd of clients does not return all at once; a join whose
+    outcome is unknown is undone by the broker). Other requests get 503 with
+    ``Retry-After``, or 504 without it when the outcome is unknown.
     """
     if isinstance(exc, Refusal):
         return exc.answer
@@ -98,6 +109,9 @@ def answer_for(
         return error(exc.status, exc.message)
     if isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
+        if isinstance(exc, OutcomeUnknown) and stream_headers is None:
+            # Not "retry later": the operation may have been applied already.
+            return error(504, "the signalling backend did not confirm; it may have been applied")
         if stream_headers is not None:
             delay = max(retry_after, 1) * 1000 * random.uniform(1.0, 1.5)
             body = framing.comment("signalling backend unavailable, retry later") + (

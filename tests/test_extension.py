@@ -24,6 +24,7 @@ from flask import Flask
 from flask_signal import Signal
 from flask_signal.brokers.memory import MemoryBroker
 from flask_signal.brokers.redis import RedisBroker
+from flask_signal.errors import OutcomeUnknown, answer_for
 from flask_signal.state import app_state
 from tests.servers import RedisServer
 from tests.support import Server, start_server
@@ -403,3 +404,36 @@ def test_forced_on_the_fast_path_skips_hooks_and_forced_off_never_takes_it() -> 
         assert signal_post(app) == 404
         assert bool(seen) is expect_seen
         assert fast_path_taken(app) is forced
+
+
+def test_an_unknown_outcome_answers_504_without_retry_after() -> None:
+    """A POST whose effect the broker could not confirm is not "retry later": a retry
+    may apply it twice, so it answers 504 with no Retry-After. A stream asked for in
+    the same state still gets the retry hint (the broker undoes a join it cannot
+    confirm), so an EventSource comes back by itself."""
+    app = Flask("unknown")
+    signal = Signal(app, ping_interval=0, fast_path=False, publish_key="k")
+    broker = app.extensions["signal_state"].broker
+
+    def unconfirmed(*args: Any, **kwargs: Any) -> Any:
+        raise OutcomeUnknown("Redis did not answer; the operation may or may not have run")
+
+    broker.publish = unconfirmed  # type: ignore[method-assign]
+    client = app.test_client()
+    response = client.post(
+        "/signal/channels/news", json={"data": 1}, headers={"Authorization": "Bearer k"}
+    )
+    assert response.status_code == 504, response.data
+    assert "Retry-After" not in response.headers
+    assert "may have been applied" in response.get_json()["error"]
+    # Publishing from application code raises it as it is.
+    with app.app_context(), pytest.raises(OutcomeUnknown):
+        signal.publish("news", 1)
+
+    answer = answer_for(OutcomeUnknown("x"), retry_after=5)
+    assert answer.status == 504
+    assert "Retry-After" not in dict(answer.headers)
+    assert json.loads(b"".join(answer.body))["error"].startswith("the signalling backend")
+    streamed = answer_for(OutcomeUnknown("x"), retry_after=5, stream_headers=[("A", "b")])
+    assert streamed.status == 200
+    assert b"retry:" in b"".join(streamed.body)

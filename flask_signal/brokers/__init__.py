@@ -30,16 +30,8 @@ from typing import Any, ClassVar
 
 from .. import framing
 from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
+from ..errors import OutcomeUnknown as OutcomeUnknown  # re-exported for brokers
 from ..hub import LocalHub, Stream
-
-
-class OutcomeUnknown(BrokerUnavailable):
-    """The broker could not be reached to learn whether an operation took effect.
-
-    It took effect at most once: it may have been applied (a signal delivered,
-    an event stored and delivered) or not, and the caller must not assume
-    either. Retrying may apply it a second time.
-    """
 
 
 class Delivery(Enum):
