@@ -7,6 +7,7 @@ lives in :mod:`flask_signal.state`, the routes in :mod:`flask_signal.views`.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +73,11 @@ class Signal:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
-        settings = Settings.resolve(app.config, self._overrides)
+        settings = Settings.resolve(app.config, self._overrides, os.environ)
         st = AppState(settings, make_broker(settings, app))
+        # What the config said now: a key changed later is reported at start.
+        st.config = app.config
+        st.config_seen = {k: v for k, v in app.config.items() if k.startswith("SIGNAL_")}
         app.extensions["signal"] = self
         app.extensions[EXTENSION_KEY] = st
         # Checked here, so that an unsound CORS configuration stops the app at init.

@@ -14,6 +14,7 @@ No Flask, no I/O: plain values in, plain values out.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -466,18 +467,52 @@ class Settings:
             object.__setattr__(self, item.name, value)
 
     @classmethod
-    def resolve(cls, config: Mapping[str, Any], overrides: Mapping[str, Any]) -> Settings:
-        """Arguments given (not None) over ``config``'s ``SIGNAL_*`` keys over defaults."""
+    def resolve(
+        cls,
+        config: Mapping[str, Any],
+        overrides: Mapping[str, Any],
+        environ: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """The first given of: arguments (not None), ``config``'s ``SIGNAL_*`` keys, the
+        environment's ``FLASK_SIGNAL_*`` then ``SIGNAL_*`` variables (see
+        :func:`from_environ`); else the default."""
         unknown = set(overrides) - set(DEFAULTS)
         if unknown:
             raise TypeError(f"unknown Signal settings: {', '.join(sorted(unknown))}")
+        env = from_environ(environ if environ is not None else {})
         values = {}
         for name in DEFAULTS:
             if overrides.get(name) is not None:
                 values[name] = overrides[name]
             elif key(name) in config:
                 values[name] = config[key(name)]
+            elif name in env:
+                values[name] = env[name]
         return cls(**values)
+
+
+#: Prefixes of the environment variables that set a setting, the first found winning:
+#: Flask's own (what ``app.config.from_prefixed_env()`` reads), then the bare key.
+ENV_PREFIXES = ("FLASK_SIGNAL_", "SIGNAL_")
+
+
+def from_environ(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings given by environment variables, by name.
+
+    A value is read as JSON when it parses (``5``, ``true``, ``{"a": "b"}``), else
+    kept as the string, as Flask's ``from_prefixed_env`` does.
+    """
+    found: dict[str, Any] = {}
+    for name in DEFAULTS:
+        for prefix in ENV_PREFIXES:
+            raw = environ.get(prefix + name.upper())
+            if raw is not None:
+                try:
+                    found[name] = json.loads(raw)
+                except ValueError:
+                    found[name] = raw
+                break
+    return found
 
 
 def key(name: str) -> str:

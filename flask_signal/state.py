@@ -10,6 +10,7 @@ use: in the serving process, after any fork.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,7 +21,7 @@ import gevent
 from . import cors, drain, ice
 from .brokers import Broker, from_url
 from .hub import LocalHub, keep_alive, watchdog
-from .settings import Settings
+from .settings import DEFAULTS, Settings
 
 #: Where ``init_app`` leaves the state in ``app.extensions``.
 EXTENSION_KEY = "signal_state"
@@ -85,6 +86,9 @@ class AppState:
     metrics: Any = None
     #: Whether swarm requests take the fast path: None until the first request decides.
     fast_path: bool | None = False
+    #: The app's config, and its ``SIGNAL_*`` keys as ``init_app`` read them.
+    config: Any = None
+    config_seen: dict[str, Any] = field(default_factory=dict)
     _stream_headers: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
 
     def ready(self) -> AppState:
@@ -101,9 +105,19 @@ class AppState:
             from .listeners import defer_accept
 
             defer_accept()
+        self.check_config()
         self.broker.start()
         settings = self.settings
         worker = drain.find_worker()
+        workers = getattr(getattr(worker, "cfg", None), "workers", 1)
+        if settings.broker_url.startswith("memory:") and isinstance(workers, int) and workers > 1:
+            warnings.warn(
+                f"flask_signal: memory:// under {workers} worker processes: a publish or a "
+                "signal reaches only the clients of the process that made it; set "
+                "SIGNAL_BROKER_URL to a redis:// URL, or run one worker",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         if worker is not None:
             drain.watch(worker, self.broker.hub, settings.drain_spread)
             connections = drain.worker_connections(worker)
@@ -132,6 +146,26 @@ class AppState:
         """The CORS policy (``None``: off); ValueError for an unsound configuration."""
         settings = self.settings
         return cors.policy(settings.cors, settings.cors_credentials, settings.cors_max_age)
+
+    def check_config(self) -> None:
+        """Warn about ``SIGNAL_*`` config keys set or changed after ``init_app``, which
+        read the config once: they have no effect."""
+        if self.config is None:
+            return
+        late = sorted(
+            name
+            for name, value in self.config.items()
+            if name.startswith("SIGNAL_")
+            and name[len("SIGNAL_") :].lower() in DEFAULTS
+            and (name not in self.config_seen or self.config_seen[name] is not value)
+        )
+        if late:
+            warnings.warn(
+                f"flask_signal: {', '.join(late)} set after Signal(app) / init_app and "
+                "ignored: set SIGNAL_* keys before initializing the extension",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
     def stream_headers(self, protocol: str, kind: str = "swarm") -> list[tuple[str, str]]:
         """Response headers of a stream; ``Connection`` only where HTTP/1.x allows it.

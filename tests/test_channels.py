@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.servers import start_server
 from tests.support import SSE, Server
 
 
@@ -568,3 +569,74 @@ def test_configured_headers_on_every_stream(make_server) -> None:  # type: ignor
             assert sse.headers["cache-control"] == "no-cache, no-transform"
             assert sse.headers["x-accel-buffering"] == "no"
             assert sse.headers["content-type"] == "text/event-stream; charset=utf-8"
+
+
+# -- configuration ---------------------------------------------------------------------
+
+
+def test_environment_variables_below_config_and_keywords(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """``FLASK_SIGNAL_*`` then ``SIGNAL_*`` variables, under config keys and keywords."""
+    env = {
+        "FLASK_SIGNAL_RETRY": "1500",
+        "SIGNAL_RETRY": "99",  # FLASK_SIGNAL_ wins
+        "SIGNAL_HEADERS": '{"X-From-Env": "yes"}',
+        "SIGNAL_HISTORY_SIZE": "2",
+    }
+    srv = start_server(tmp_path, {}, extra_env=env)
+    try:
+        with subscribe(srv, "/channels/env") as sse:
+            sse.quiet(0.05)
+            assert bytes(sse.raw) == b":ok\n\nretry: 1500\n\n"
+            assert sse.headers["x-from-env"] == "yes"
+        ids = [publish(srv, "env", n) for n in range(3)]
+        with subscribe(srv, "/channels/env", headers={"Last-Event-ID": "0"}) as sse:
+            assert [e.id for e in sse.events(2)] == ids[1:]
+    finally:
+        srv.stop()
+    srv = start_server(tmp_path, {"retry": 700}, extra_env=env)  # the keyword wins
+    try:
+        with subscribe(srv, "/channels/env") as sse:
+            sse.quiet(0.05)
+            assert bytes(sse.raw) == b":ok\n\nretry: 700\n\n"
+    finally:
+        srv.stop()
+
+
+def test_config_precedence_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flask import Flask
+
+    from flask_signal import Signal
+
+    monkeypatch.setenv("SIGNAL_RETRY", "1")
+    monkeypatch.setenv("SIGNAL_QUEUE_SIZE", "7")
+    app = Flask(__name__)
+    app.config["SIGNAL_RETRY"] = 2
+    Signal(app, history_size=3)
+    settings = app.extensions["signal_state"].settings
+    assert (settings.retry, settings.queue_size, settings.history_size) == (2, 7, 3)
+
+
+def test_a_key_set_after_init_app_warns_at_start() -> None:
+    from flask import Flask
+
+    from flask_signal import Signal
+
+    app = Flask(__name__)
+    app.config["SIGNAL_RETRY"] = 2
+    Signal(app)
+    app.config["SIGNAL_PUBLISH_KEY"] = "too late"
+    with pytest.warns(RuntimeWarning, match="SIGNAL_PUBLISH_KEY set after"):
+        app.test_client().get("/signal/healthz")
+
+
+def test_memory_broker_under_two_workers_warns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    srv = start_server(tmp_path, {}, workers=2)
+    try:
+        for _ in range(6):  # reach both workers
+            requests.get(srv.url + "/readyz", timeout=5)
+        deadline = time.monotonic() + 5
+        while "memory:// under 2 worker processes" not in srv.output():
+            assert time.monotonic() < deadline, srv.output()
+            time.sleep(0.05)
+    finally:
+        srv.stop()
