@@ -193,8 +193,8 @@ class RedisBroker(Broker):
                 for swarm_id, cid in members:
                     self.once.queue(pipe, self.scripts.leave, *self._leave_call(swarm_id, cid))
                 self.liveness.forget(pipe)
-                self.liveness.reap_presence(self.process)
                 pipe.execute()
+                self.liveness.reap_presence(self.process)
             except (rexc.RedisError, OSError) as exc:
                 log.warning("could not clean up this process's swarms in Redis: %s", exc)
         self.swarms.clear()
