@@ -231,6 +231,26 @@ class Signal:
             for frame in self.broker.channel_history(channel, after).frames
         ]
 
+    def retry(self, milliseconds: int, channel: str | Iterable[str] | None = None) -> int:
+        """Tell this process's streams, all or those of ``channel``, to wait ``milliseconds``
+        before reconnecting, and start its new streams of them with it too (sse-channel's
+        ``retry(duration)``); returns how many streams got it. Per process, as keep-alives:
+        set ``SIGNAL_RETRY`` for every process."""
+        if isinstance(milliseconds, bool) or not isinstance(milliseconds, int) or milliseconds < 0:
+            raise ValueError(f"milliseconds must be an int >= 0, not {milliseconds!r}")
+        st = self._state()
+        hub = st.broker.hub
+        if channel is None:
+            st.retries.clear()
+            st.retries[None] = milliseconds
+            streams = {stream for stream in hub.streams if stream.kind == "channel"}
+        else:
+            names = [channel] if isinstance(channel, str) else list(channel)
+            st.retries.update(dict.fromkeys(names, milliseconds))
+            streams = {stream for name in names for stream in hub.channels.get(name, ())}
+        frame = framing.retry(milliseconds)
+        return sum(stream.put(frame) for stream in streams)
+
     def close(self, channel: str) -> None:
         """End every stream of ``channel``; clients reconnect after their retry delay."""
         self.broker.close_channel(channel)

@@ -87,6 +87,8 @@ class AppState:
     #: Whether swarm requests take the fast path: None until the first request decides.
     fast_path: bool | None = False
     #: The app's config, and its ``SIGNAL_*`` keys as ``init_app`` read them.
+    #: Reconnection delays set by :meth:`Signal.retry`, by channel (``None``: every stream).
+    retries: dict[str | None, int] = field(default_factory=dict)
     config: Any = None
     config_seen: dict[str, Any] = field(default_factory=dict)
     _stream_headers: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
@@ -146,6 +148,18 @@ class AppState:
         """The CORS policy (``None``: off); ValueError for an unsound configuration."""
         settings = self.settings
         return cors.policy(settings.cors, settings.cors_credentials, settings.cors_max_age)
+
+    def retry_for(self, channels: Any) -> int | None:
+        """The ``retry:`` a new stream of ``channels`` starts with: the longest a
+        :meth:`Signal.retry` set for one of them, else for every stream, else ``SIGNAL_RETRY``."""
+        retries = self.retries
+        if retries:
+            own = [retries[name] for name in channels if name in retries]
+            if own:
+                return max(own)
+            if None in retries:
+                return retries[None]
+        return self.settings.retry
 
     def check_config(self) -> None:
         """Warn about ``SIGNAL_*`` config keys set or changed after ``init_app``, which

@@ -159,8 +159,9 @@ def subscribe_response(
         stream.client = client
         replay = st.broker.subscribe(stream, channels, resume)
         frames = [opening]
-        if st.settings.retry is not None:
-            frames.append(framing.retry(st.settings.retry))
+        retry = st.retry_for(channels)
+        if retry is not None:
+            frames.append(framing.retry(retry))
         if replay.lost:
             frames.append(framing.message({"lastEventId": resume}, event=st.settings.lost_event))
         frames.extend(replay.frames)

@@ -92,6 +92,11 @@ def create_app() -> Flask:
         body = request.get_json()
         return jsonify(id=signal.publish(body["data"], type=body.get("type"), id=body.get("id")))
 
+    @app.post("/_test/retry")
+    def retry() -> Any:
+        body = request.get_json()
+        return jsonify(reached=signal.retry(body["ms"], body.get("channel")))
+
     @app.post("/_test/ping")
     def ping() -> Any:
         return jsonify(reached=signal.ping((request.get_json() or {}).get("channel")))

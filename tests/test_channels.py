@@ -394,6 +394,26 @@ def test_ping_payload_and_manual_ping_are_comments(hub: Server) -> None:
         assert [e.data for e in again.events(1)] == ["after"]  # nothing of the pings kept
 
 
+@pytest.mark.single_process
+def test_retry_broadcast_reaches_open_and_new_streams(hub: Server) -> None:
+    """sse-channel's ``retry(duration)``: sent now, and to the channel's new clients."""
+    with subscribe(hub, "/channels/retried") as sse, subscribe(hub, "/channels/calm") as calm:
+        wait_count(hub, "retried", 1)
+        sse.quiet(0.05)
+        start = len(sse.raw)
+        body = {"ms": 2500, "channel": "retried"}
+        assert requests.post(f"{hub.origin}/_test/retry", json=body, timeout=5).json() == {
+            "reached": 1
+        }
+        publish(hub, "retried", "x")
+        assert sse.next().data == "x"
+        assert bytes(sse.raw)[start:].startswith(b"retry: 2500\n\n")
+        assert b"retry:" not in bytes(calm.raw)
+    with subscribe(hub, "/channels/retried") as again:
+        again.quiet(0.05)
+        assert bytes(again.raw).startswith(b":ok\n\nretry: 2500\n\n")
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
