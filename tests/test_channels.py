@@ -223,6 +223,15 @@ def test_flask_sse_subscribe_url_and_default_channel(hub: Server) -> None:
         assert one.quiet(0.1) == []
 
 
+def test_an_application_id_0_is_that_event_not_everything(hub: Server) -> None:
+    """A counter from 0 (sse-channel's README): ``Last-Event-ID: 0`` resumes after it."""
+    for n in range(3):
+        publish(hub, "counter0", n, id=n)
+    with subscribe(hub, "/channels/counter0", headers={"Last-Event-ID": "0"}) as sse:
+        assert [e.id for e in sse.events(2)] == ["1", "2"]
+        assert sse.quiet(0.1) == []
+
+
 def test_a_resent_id_replaces_the_stored_event(hub: Server) -> None:
     """sse-channel's history: one stored event per id, the latest, at its new place."""
     publish(hub, "replaced", "v1", id="doc-1")

@@ -370,8 +370,6 @@ class MemoryBroker(Broker):
 
     def _resolve(self, channels: Sequence[str], last_event_id: str) -> int | None:
         """The sequence number a Last-Event-ID stands for, ``None`` if unknown here."""
-        if last_event_id == "0":
-            return 0
         seq = parse_event_id(self.epoch, last_event_id)
         if seq is not None:
             return seq if seq <= self.seq else None
@@ -380,7 +378,8 @@ class MemoryBroker(Broker):
             for item in reversed(channel.events if channel else ()):
                 if item.id == last_event_id:
                     return item.seq
-        return None
+        # "0" asks for everything, unless it is an application id (a counter from 0) kept here.
+        return 0 if last_event_id == "0" else None
 
     def unsubscribe(self, stream: Stream) -> None:
         for name in self.hub.unsubscribe(stream):

@@ -11,9 +11,7 @@ for k = 1, n do
   live[k] = epoch and redis.call('HGET', KEYS[2 * k + 1], 'epoch') == epoch
 end
 local after = nil
-if wanted == '0' then
-  after = 0
-elseif epoch and head == epoch and tail ~= '' then
+if epoch and head == epoch and tail ~= '' then
   local seq = tonumber(tail)
   if seq <= current then after = seq end
 elseif epoch then
@@ -29,6 +27,8 @@ elseif epoch then
     end
   end
 end
+-- '0' asks for everything, unless it is an application id (a counter from 0) kept here.
+if not after and wanted == '0' then after = 0 end
 local lost = 0
 if not after then
   lost = 1
