@@ -116,7 +116,7 @@ def koa_unavailable() -> str | None:
     if not version.stdout.startswith("v2"):
         return f"node {version.stdout.strip()} is too old (Node 20 is measured)"
     if not (KOA_DIR / "node_modules" / "koa").is_dir():
-        return "koa is not installed: cd bench/koa && npm ci"
+        return "koa-signal's dependencies (koa 1) are not installed: cd bench/koa && npm ci"
     module = koa_signal_module()
     if module is None or not (module / "package.json").is_file():
         return (
