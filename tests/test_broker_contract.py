@@ -11,6 +11,7 @@ making it, if it needs a server).
 
 from __future__ import annotations
 
+import json
 import string
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -425,3 +426,129 @@ def test_presence_lists_client_ids_and_counts_streams(make: Factory) -> None:
     b.unsubscribe(bob)
     wait_until(lambda: a.presence("lobby") == {"ann": 1} and a.subscriber_count("lobby") == 2)
     wait_until(lambda: a.presence("side") == {} and b.subscriber_count("side") == 0)
+
+
+# -- resume (resume_grace on) --------------------------------------------------------
+
+
+def lost(broker: Broker, member: Any, s: Any) -> None:
+    """The peer's connection is lost (a reset), as the HTTP layer reports it."""
+    s.end("reset")
+    broker.leave_swarm(member, s)
+
+
+def last_id(frame: bytes) -> str:
+    return ids_of([frame])[0]
+
+
+def event_of_frame(frame: bytes) -> tuple[str, Any]:
+    name, data = frame.decode().split("\n")[:2]
+    return name[7:], json.loads(data[6:])
+
+
+def test_a_lost_peer_resumes_on_any_process_with_every_signal_in_order(make: Factory) -> None:
+    a, b = make(resume_grace=5), make(resume_grace=5)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, {"n": 0}, cid=m2.cid, token=m1.token) is Delivery.OK
+    handle = last_id(frame_of(s2))
+    lost(b, m2, s2)
+    for n in range(1, 4):
+        assert a.signal(m1.id, {"n": n}, cid=m2.cid, token=m1.token) is Delivery.OK
+    assert b.signal(m1.id, "all", token=m1.token) is Delivery.OK  # its token still signs
+    assert event_of(s1) == ("signal", "all")
+    # Back on the other process: every frame it missed, in order, numbered on.
+    s3 = stream()
+    back = a.resume_swarm(handle, s3, m1.id)
+    assert back is not None and (back.id, back.cid, back.initiator) == (m1.id, m2.cid, False)
+    frames = [frame_of(s3) for _ in range(4)]
+    got = [event_of_frame(f) for f in frames]
+    assert got == [("signal", {"n": n}) for n in (1, 2, 3)] + [("signal", "all")]
+    numbers = [int(last_id(f)[31:]) for f in frames]
+    assert numbers == list(range(int(handle[31:]) + 1, int(handle[31:]) + 5))
+    # Live again, once each; the initiator saw no leave and no join.
+    assert b.signal(m1.id, "live", cid=m2.cid, token=m1.token) is Delivery.OK
+    assert event_of(s3) == ("signal", "live")
+    assert a.authenticate(m1.id, m2.token) is Delivery.OK
+    assert_quiet(s3)
+    assert_quiet(s1)
+
+
+def test_a_lost_peer_that_does_not_come_back_leaves_once(make: Factory) -> None:
+    a, b = make(resume_grace=1), make(resume_grace=1)
+    m1, s1, m2, s2 = swarm(a, b)
+    left: list[str] = []
+
+    def receive(sender: object, **kw: Any) -> None:
+        left.append(kw["cid"])
+
+    signals.peer_left.connect(receive)
+    try:
+        assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+        handle = last_id(frame_of(s2))
+        lost(b, m2, s2)
+        assert_quiet(s1, 0.6)
+        assert event_of(s1, timeout=5) == ("leave", {"id": m1.id, "cid": m2.cid})
+        assert_quiet(s1, 1.5)  # every process may end a grace: the leave comes once
+    finally:
+        signals.peer_left.disconnect(receive)
+    assert left == [m2.cid]
+    assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN
+    assert a.resume_swarm(handle, stream(), m1.id) is None
+
+
+def test_an_initiator_in_its_grace_keeps_the_swarm(make: Factory) -> None:
+    a, b = make(resume_grace=5), make(resume_grace=5)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert b.signal(m1.id, "hello", cid=m1.cid, token=m2.token) is Delivery.OK
+    handle = last_id(frame_of(s1))
+    lost(a, m1, s1)
+    assert b.swarm_exists(m1.id)
+    assert b.signal(m1.id, "while away", token=m2.token) is Delivery.OK
+    assert event_of(s2) == ("signal", "while away")
+    m3 = b.join_swarm(m1.id, s3 := stream())
+    assert m3 is not None and event_of(s3)[0] == "connect"
+    back = b.resume_swarm(handle, s4 := stream())  # on the create URL: no swarm id
+    assert back is not None and back.initiator and back.cid == m1.cid
+    assert event_of(s4) == ("signal", "while away")
+    assert event_of(s4) == ("join", {"id": m1.id, "cid": m3.cid})
+    b.leave_swarm(m3, s3)  # an orderly leave reaches the resumed initiator
+    assert event_of(s4) == ("leave", {"id": m1.id, "cid": m3.cid})
+    assert_quiet(s2)
+    assert_quiet(s4)
+
+
+def test_a_resume_that_cannot_be_honoured_is_refused(make: Factory) -> None:
+    a, b = make(resume_grace=5), make(resume_grace=5)
+    m1, s1, m2, s2 = swarm(a, b)
+    s9 = stream()
+    other = a.create_swarm(s9)
+    assert b.signal(m1.id, 1, cid=m2.cid) is Delivery.OK
+    handle = last_id(frame_of(s2))
+    lost(b, m2, s2)
+    for broker in (a, b):
+        assert broker.resume_swarm("1" + "0" * 30 + "1", stream()) is None  # unknown
+        assert broker.resume_swarm("not-an-id", stream()) is None
+        assert broker.resume_swarm(handle, stream(), other.id) is None  # another swarm
+        assert broker.resume_swarm(handle[:31] + "99", stream(), m1.id) is None  # never sent
+    assert_quiet(s1)
+    # Still resumable after all that.
+    s3 = stream()
+    assert a.resume_swarm(handle, s3, m1.id) is not None
+    # An orderly close leaves at once, and cannot be resumed.
+    a.leave_swarm(m2, s3)
+    assert event_of(s1) == ("leave", {"id": m1.id, "cid": m2.cid})
+    assert b.resume_swarm(handle, stream(), m1.id) is None
+    del s9
+
+
+def test_a_peer_that_missed_too_much_cannot_resume_and_leaves(make: Factory) -> None:
+    a, b = make(resume_grace=5, resume_bytes=4096), make(resume_grace=5, resume_bytes=4096)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = last_id(frame_of(s2))
+    lost(b, m2, s2)
+    for n in range(20):
+        assert a.signal(m1.id, "x" * 1000 + str(n), cid=m2.cid) is Delivery.OK
+    assert a.resume_swarm(handle, stream(), m1.id) is None
+    assert event_of(s1) == ("leave", {"id": m1.id, "cid": m2.cid})
+    assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN

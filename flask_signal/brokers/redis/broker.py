@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import time
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ from .. import (
     format_event_id,
     new_epoch,
     new_id,
+    new_resume_key,
+    parse_resume,
     split_event_id,
     token_digest,
 )
@@ -40,6 +43,7 @@ from .keys import Keys, decode
 from .listener import Listener, Timing, Topic
 from .liveness import Liveness
 from .once import Once
+from .resume import Draining, Numbered
 from .scripts import Scripts
 from .swarms import LocalSwarms
 
@@ -47,6 +51,9 @@ log = logging.getLogger("flask_signal")
 
 #: Seconds between rewrites of all of a process's presence entries.
 PRESENCE_REFRESH = 60.0
+#: How long a resume waits for the previous process of a peer to hand Redis the
+#: frames that were on their way to it (ms); past it, the resume goes ahead.
+DRAINING_MS = 2000
 
 
 class _Pending:
@@ -143,6 +150,11 @@ class RedisBroker(Broker):
         self._dirty: set[tuple[str, str]] = set()
         self._flusher: gevent.Greenlet[Any, Any] | None = None
         self._presence_asserted = time.monotonic()
+        #: The numbering of this process's swarm peers (resume on), by cid.
+        self._numbered: dict[str, Numbered] = {}
+        #: Peers detached here whose "detached" message has not come back, by (swarm, cid).
+        self._draining: dict[tuple[str, str], Draining] = {}
+        self._grace_loop: gevent.Greenlet[Any, Any] | None = None
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -168,12 +180,17 @@ class RedisBroker(Broker):
         self.listener = self._new_listener()
         self.listener.start()
         self.liveness.start(self.process)
+        if self.resume_grace:
+            self._grace_loop = gevent.spawn(self._expire_loop)
 
     def halt(self) -> None:
         """Stop all background work without touching Redis, as a killed process would.
 
         Other processes reap this one's peers once its heartbeat expires.
         """
+        if self._grace_loop is not None:
+            self._grace_loop.kill(block=False)
+            self._grace_loop = None
         self.liveness.stop()
         self.listener.stop()
         self._started_in = None
@@ -198,6 +215,8 @@ class RedisBroker(Broker):
             except (rexc.RedisError, OSError) as exc:
                 log.warning("could not clean up this process's swarms in Redis: %s", exc)
         self.swarms.clear()
+        self._numbered.clear()
+        self._draining.clear()
         self.hub.peers.clear()
         self.pool.disconnect()
 
@@ -271,7 +290,9 @@ class RedisBroker(Broker):
         stream.swarm_id, stream.cid = member.id, member.cid
         self.swarms.add_initiator(member.id, member.cid, stream)
         self.hub.peers[member.cid] = stream
-        stream.put(self.connect_frame(member))
+        if self.resume_grace:
+            self._numbered[member.cid] = Numbered(new_resume_key().encode())
+        self._put(stream, self.connect_frame(member))
         signals.swarm_created.send(self.sender, swarm_id=member.id, cid=member.cid)
         return member
 
@@ -285,12 +306,14 @@ class RedisBroker(Broker):
         stream.swarm_id, stream.cid = swarm_id, member.cid
         self.swarms.add_joining(member.cid, stream)
         self.hub.peers[member.cid] = stream
-        stream.put(self.connect_frame(member))
+        if self.resume_grace:
+            self._numbered[member.cid] = Numbered(new_resume_key().encode())
+        self._put(stream, self.connect_frame(member))
         joined = 0
         try:
             joined = self.once.run(
                 self.scripts.join,
-                [key, self.keys.proc_peers(self.process)],
+                [key, self.keys.proc_peers(self.process), self.keys.grace_set(swarm_id)],
                 [
                     member.cid,
                     token_digest(member.token),
@@ -298,6 +321,9 @@ class RedisBroker(Broker):
                     key,
                     f"{swarm_id} {member.cid}",
                     codec.joined(member.cid),
+                    *self._keeping(
+                        framing.swarm_event("join", {"id": swarm_id, "cid": member.cid})
+                    ),
                 ],
             )
         except OutcomeUnknown:
@@ -308,6 +334,7 @@ class RedisBroker(Broker):
         finally:
             if not joined:
                 self.swarms.forget_joining(member.cid)
+                self._numbered.pop(member.cid, None)
                 self.hub.peers.pop(member.cid, None)
                 stream.swarm_id = stream.cid = None
                 self.listener.release([key])
@@ -317,10 +344,25 @@ class RedisBroker(Broker):
         return member
 
     def leave_swarm(self, member: Membership, stream: Stream | None = None) -> None:
-        """Forget the peer here at once; tell Redis, or retry later if it is unreachable."""
+        """Forget the peer here at once; tell Redis, or retry later if it is unreachable.
+
+        With resume on, a ``stream`` lost rather than closed only detaches the peer
+        (see :meth:`_detach`)."""
+        current = self.swarms.peer(member.id, member.cid)
+        if stream is not None and current is not None and current is not stream:
+            return  # replaced by a resume
+        if (
+            stream is not None
+            and current is stream
+            and stream.resumable
+            and member.cid in self._numbered
+            and self._detach(member.id, member.cid, initiator=member.initiator)
+        ):
+            return
         gone, others = self.swarms.remove(member.id, member.cid, initiator=member.initiator)
         if gone is None:
             return
+        self._numbered.pop(member.cid, None)
         self.hub.peers.pop(member.cid, None)
         self.listener.release([self.keys.swarm(member.id)])
         for other in others:
@@ -341,12 +383,24 @@ class RedisBroker(Broker):
         return int(self.once.run(self.scripts.leave, *self._leave_call(swarm_id, cid, process)))
 
     def _leave_call(
-        self, swarm_id: str, cid: str, process: str | None = None
-    ) -> tuple[list[bytes], list[bytes | str]]:
+        self, swarm_id: str, cid: str, process: str | None = None, grace_digest: str = ""
+    ) -> tuple[list[bytes], list[bytes | str | int]]:
         key = self.keys.swarm(swarm_id)
+        args: list[bytes | str | int] = [
+            cid,
+            key,
+            f"{swarm_id} {cid}",
+            codec.left(cid),
+            codec.ended(cid),
+        ]
+        if self.resume_grace:
+            args += [
+                grace_digest,
+                *self._keeping(framing.swarm_event("leave", {"id": swarm_id, "cid": cid})),
+            ]
         return (
-            [key, self.keys.proc_peers(process or self.process)],
-            [cid, key, f"{swarm_id} {cid}", codec.left(cid), codec.ended(cid)],
+            [key, self.keys.proc_peers(process or self.process), self.keys.grace_set(swarm_id)],
+            args,
         )
 
     def swarm_exists(self, swarm_id: str) -> bool:
@@ -380,8 +434,18 @@ class RedisBroker(Broker):
         message = codec.direct(cid, frame) if cid is not None else codec.broadcast(frame)
         key = self.keys.swarm(swarm_id)
         digest = token_digest(token) if token is not None else ""
-        code = self.once.run(self.scripts.signal, [key], [digest, cid or "", key, message])
+        code = self.once.run(
+            self.scripts.signal,
+            [key, self.keys.grace_set(swarm_id)],
+            [digest, cid or "", key, message, *self._keeping(frame)],
+        )
         return Delivery(int(code))
+
+    def _keeping(self, frame: bytes) -> list[bytes | int]:
+        """What a script needs to keep ``frame`` for a peer in its grace (resume on)."""
+        if not self.resume_grace:
+            return []
+        return [frame, self.resume_bytes, int(self.resume_grace * 1000)]
 
     def swarm_count(self) -> int:
         return self.swarms.swarm_count()
@@ -392,13 +456,27 @@ class RedisBroker(Broker):
         if isinstance(message, codec.Broadcast):
             peers = self.swarms.streams(swarm_id)
             for stream in peers:
-                stream.put(message.frame)  # encoded once by the sender, queued as is
+                self._put(stream, message.frame)  # encoded once by the sender
             counts["signals_out"] += len(peers)
+            for (sid, _), draining in self._draining.items():
+                if sid == swarm_id:
+                    draining.late.append(message.frame)
         elif isinstance(message, codec.Direct):
             target = self.swarms.peer(swarm_id, message.cid)
             if target is not None:
-                target.put(message.frame)
+                self._put(target, message.frame)
                 counts["signals_out"] += 1
+            elif (swarm_id, message.cid) in self._draining:
+                self._draining[swarm_id, message.cid].late.append(message.frame)
+        elif isinstance(message, codec.Detached):
+            sealed = self._draining.get((swarm_id, message.cid))
+            if sealed is not None:
+                del self._draining[swarm_id, message.cid]
+                gevent.spawn(self._seal, swarm_id, message.cid, sealed)
+        elif isinstance(message, codec.Resumed):
+            numbered = self._numbered.get(message.cid)
+            if numbered is not None and self.swarms.peer(swarm_id, message.cid) is not None:
+                numbered.live = True
         elif isinstance(message, codec.Joined):
             self.swarms.confirm_join(swarm_id, message.cid)
             self._to_initiator(swarm_id, "join", message.cid)
@@ -413,7 +491,235 @@ class RedisBroker(Broker):
     def _to_initiator(self, swarm_id: str, event: str, cid: str) -> None:
         stream = self.swarms.initiator(swarm_id)
         if stream is not None:
-            stream.put(framing.swarm_event(event, {"id": swarm_id, "cid": cid}))
+            self._put(stream, framing.swarm_event(event, {"id": swarm_id, "cid": cid}))
+        elif self.resume_grace:
+            # An initiator detached here, whose "detached" message is still on its way.
+            for (sid, _), draining in self._draining.items():
+                if sid == swarm_id and draining.initiator:
+                    draining.late.append(framing.swarm_event(event, {"id": swarm_id, "cid": cid}))
+
+    def _put(self, stream: Stream, frame: bytes) -> None:
+        """Queue a swarm frame; with resume on, numbered and kept (see :class:`Numbered`)."""
+        numbered = self._numbered.get(stream.cid or "")
+        if numbered is None:
+            stream.put(frame)
+        else:
+            numbered.put(stream, frame, self.resume_bytes)
+
+    # -- resume ----------------------------------------------------------------------
+
+    def _detach(self, swarm_id: str, cid: str, *, initiator: bool) -> bool:
+        """The peer's stream here was lost: keep it in Redis for the grace, with the
+        frames it may not have received. False if Redis could not be told (it leaves)."""
+        numbered = self._numbered.get(cid)
+        if numbered is None:
+            return False
+        digest = token_digest(numbered.key.decode())
+        key = self.keys.swarm(swarm_id)
+        entry = f"{swarm_id} {cid}"
+        self._draining[swarm_id, cid] = Draining(digest, initiator=initiator)
+        try:
+            done = self.once.run(
+                self.scripts.detach,
+                [
+                    key,
+                    self.keys.proc_peers(self.process),
+                    self.keys.grace_set(swarm_id),
+                    self.keys.kept(swarm_id, cid),
+                    self.keys.queue(swarm_id, cid),
+                    self.keys.draining(swarm_id, cid),
+                    self.keys.resume(digest),
+                    self.keys.grace,
+                ],
+                [
+                    cid,
+                    digest,
+                    numbered.base(),
+                    entry,
+                    int(self.resume_grace * 1000),
+                    int(self.liveness.swarm_ttl * 1000),
+                    entry,
+                    key,
+                    codec.detached(cid),
+                    DRAINING_MS,
+                    *(frame for _, frame in numbered.sent),
+                ],
+            )
+        except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
+            log.warning("could not keep %s of swarm %s for a resume: %s", cid, swarm_id, exc)
+            self._draining.pop((swarm_id, cid), None)
+            return False
+        if not done:
+            self._draining.pop((swarm_id, cid), None)
+            return False
+        stream, _ = self.swarms.remove(swarm_id, cid, initiator=initiator)
+        self._numbered.pop(cid, None)
+        self.hub.peers.pop(cid, None)
+        log.info(
+            "peer lost, may resume: swarm=%s cid=%s reason=%s grace=%ss",
+            swarm_id,
+            cid,
+            stream.end_reason if stream is not None else None,
+            self.resume_grace,
+        )
+        # The topic is held until the "detached" message comes back (see _seal).
+        return True
+
+    def _seal(self, swarm_id: str, cid: str, draining: Draining) -> None:
+        """Hand Redis the frames that were on their way to a detached peer."""
+        try:
+            self.once.run(
+                self.scripts.seal,
+                [
+                    self.keys.swarm(swarm_id),
+                    self.keys.kept(swarm_id, cid),
+                    self.keys.draining(swarm_id, cid),
+                ],
+                [cid, draining.digest, int(self.resume_grace * 1000), *draining.late],
+            )
+        except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
+            # The draining mark expires by itself; these frames are lost to the resume.
+            log.warning("could not add %d frames for %s's resume: %s", len(draining.late), cid, exc)
+        finally:
+            self.listener.release([self.keys.swarm(swarm_id)])
+
+    def resume_swarm(
+        self, handle: str, stream: Stream, swarm_id: str | None = None
+    ) -> Membership | None:
+        parsed = parse_resume(handle)
+        if parsed is None or not self.resume_grace:
+            return None
+        self.start()
+        key, seq = parsed
+        digest = token_digest(key)
+        with unavailable():
+            found = self.redis.get(self.keys.resume(digest))
+        if found is None:
+            return self._replace_local(handle, key, stream, swarm_id)
+        sid, _, cid = decode(found).partition(" ")
+        if swarm_id is not None and sid != swarm_id:
+            return None
+        topic = self.keys.swarm(sid)
+        self.listener.acquire([(topic, "swarm", sid)])
+        # Routed from before the resume script, so nothing published after it is missed;
+        # what was published before it is in the replay and is dropped (Numbered.live).
+        numbered = self._numbered[cid] = Numbered(key.encode(), live=False)
+        stream.swarm_id, stream.cid = sid, cid
+        self.swarms.add_peer(sid, cid, stream, initiator=False)
+        reply: list[Any] = [0]
+        try:
+            reply = self._run_resume(sid, cid, digest, seq)
+        finally:
+            if int(reply[0]) != 3:
+                self.swarms.remove(sid, cid, initiator=False)
+                self._numbered.pop(cid, None)
+                stream.swarm_id = stream.cid = None
+                self.listener.release([topic])
+        if int(reply[0]) == 2:
+            log.warning("peer cannot resume, frames lost: swarm=%s cid=%s", sid, cid)
+            self._end_grace(sid, cid, digest)
+            return None
+        if int(reply[0]) != 3:
+            return None
+        total, initiator, frames = int(reply[1]), bool(int(reply[2])), list(reply[3:])
+        if initiator:
+            self.swarms.add_peer(sid, cid, stream, initiator=True)
+        self.hub.peers[cid] = stream
+        numbered.replay(stream, frames, total, self.resume_bytes)
+        counts["resumes"] += 1
+        log.info("peer resumed: swarm=%s cid=%s after=%d", sid, cid, seq)
+        return Membership(sid, cid, "", initiator=initiator)
+
+    def _run_resume(self, sid: str, cid: str, digest: str, seq: int) -> list[Any]:
+        """Run ``resume.lua``, asking again while the previous process drains."""
+        entry = f"{sid} {cid}"
+        for _ in range(int(DRAINING_MS / 50) + 10):
+            reply = self.once.run(
+                self.scripts.resume,
+                [
+                    self.keys.swarm(sid),
+                    self.keys.grace_set(sid),
+                    self.keys.kept(sid, cid),
+                    self.keys.queue(sid, cid),
+                    self.keys.draining(sid, cid),
+                    self.keys.proc_peers(self.process),
+                    self.keys.resume(digest),
+                    self.keys.grace,
+                ],
+                [
+                    cid,
+                    digest,
+                    seq,
+                    self.process,
+                    entry,
+                    self.keys.swarm(sid),
+                    codec.resumed(cid),
+                    entry,
+                ],
+            )
+            if int(reply[0]) != 1:
+                return list(reply)
+            gevent.sleep(0.05)
+        return [0]
+
+    def _replace_local(
+        self, handle: str, key: str, stream: Stream, swarm_id: str | None
+    ) -> Membership | None:
+        """A resume of a peer whose stream here is not yet known to be lost: detach it
+        now, then resume."""
+        for sid, cid, old in list(self.swarms.confirmed()):
+            numbered = self._numbered.get(cid)
+            if numbered is None or numbered.key != key.encode():
+                continue
+            if swarm_id is not None and sid != swarm_id:
+                return None
+            initiator = self.swarms.initiator(sid) is old
+            if not self._detach(sid, cid, initiator=initiator):
+                return None
+            old.end("replaced")
+            return self.resume_swarm(handle, stream, swarm_id)
+        return None
+
+    def _end_grace(self, swarm_id: str, cid: str, digest: str) -> int:
+        """Make a peer in its grace leave (once, whichever process asks first)."""
+        outcome = int(
+            self.once.run(
+                self.scripts.leave, *self._leave_call(swarm_id, cid, self.process, digest)
+            )
+        )
+        if outcome == 2:
+            signals.swarm_closed.send(self.sender, swarm_id=swarm_id, cid=cid)
+        elif outcome == 1:
+            signals.peer_left.send(self.sender, swarm_id=swarm_id, cid=cid)
+        return outcome
+
+    def _expire_loop(self) -> None:
+        interval = min(1.0, self.resume_grace / 4)
+        while True:
+            gevent.sleep(interval * random.uniform(0.5, 1.0))
+            try:
+                self.expire_graces()
+            except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
+                log.debug("grace expiry failed: %s", exc)
+            except Exception:
+                log.exception("flask_signal: grace expiry failed")
+
+    def expire_graces(self) -> int:
+        """Make the peers whose grace is over leave; returns how many left here."""
+        seconds, micros = self.redis.time()
+        now = seconds * 1000 + micros // 1000
+        left = 0
+        due: list[Any] = self.redis.zrangebyscore(self.keys.grace, "-inf", now, start=0, num=100)
+        for raw in due:
+            entry = decode(raw)
+            swarm_id, _, cid = entry.partition(" ")
+            digest = self.redis.hget(self.keys.swarm(swarm_id), f"g:{cid}")
+            if digest is not None:
+                log.info("peer did not resume: swarm=%s cid=%s", swarm_id, cid)
+                if self._end_grace(swarm_id, cid, decode(digest)):
+                    left += 1
+            self.redis.zrem(self.keys.grace, raw)
+        return left
 
     # -- channels ------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ direct     ``d <cid>\\n<frame>``                  a signal frame for one peer
 joined     ``j <cid>``                           a peer joined (tell the initiator)
 left       ``l <cid>``                           a peer left (tell the initiator)
 ended      ``e <cid>``                           the initiator left: every stream of the swarm ends
+detached   ``g <cid>``                           a peer's stream was lost; it is in its grace
+resumed    ``u <cid>``                           a peer in its grace came back
 event      ``m <seq> <marker>\\n<id>\\n<frame>``   a channel event; marker ``=<event>`` or empty
 closed     ``c <process>``                       the channel was closed by ``process``
 to client  ``t\\n<frame>``                        a frame for every stream of a client id
@@ -53,6 +55,14 @@ class Ended(NamedTuple):
     cid: str
 
 
+class Detached(NamedTuple):
+    cid: str
+
+
+class Resumed(NamedTuple):
+    cid: str
+
+
 class Event(NamedTuple):
     seq: int
     id: str
@@ -73,7 +83,19 @@ class Drop(NamedTuple):
     pass
 
 
-Message = Broadcast | Direct | Joined | Left | Ended | Event | Closed | ToClient | Drop
+Message = (
+    Broadcast
+    | Direct
+    | Joined
+    | Left
+    | Ended
+    | Detached
+    | Resumed
+    | Event
+    | Closed
+    | ToClient
+    | Drop
+)
 
 
 def _text(raw: bytes) -> str:
@@ -105,6 +127,14 @@ def left(cid: str) -> bytes:
 
 def ended(cid: str) -> bytes:
     return b"e " + _raw(cid)
+
+
+def detached(cid: str) -> bytes:
+    return b"g " + _raw(cid)
+
+
+def resumed(cid: str) -> bytes:
+    return b"u " + _raw(cid)
 
 
 def event_marker(event: str | None) -> str:
@@ -152,7 +182,7 @@ def _decode(payload: bytes) -> Message | None:
         if not sep or head[1:2] != b" ":
             return None
         return Direct(_text(head[2:]), frame)
-    if kind in (b"j", b"l", b"e", b"c"):
+    if kind in (b"j", b"l", b"e", b"c", b"g", b"u"):
         if payload[1:2] != b" ":
             return None
         value = _text(payload[2:])
@@ -162,6 +192,10 @@ def _decode(payload: bytes) -> Message | None:
             return Left(value)
         if kind == b"e":
             return Ended(value)
+        if kind == b"g":
+            return Detached(value)
+        if kind == b"u":
+            return Resumed(value)
         return Closed(value)
     if kind == b"t":
         return ToClient(payload[2:]) if payload[1:2] == b"\n" else None

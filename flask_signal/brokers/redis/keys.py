@@ -32,6 +32,9 @@ class Keys:
         self.procs = encode(f"{prefix}procs")
         #: The reaper's lock (string).
         self.reaper = encode(f"{prefix}reaper")
+        #: The deadlines of peers in their resume grace (sorted set of "<swarm id> <cid>"
+        #: by the Redis time, in ms, at which they leave).
+        self.grace = encode(f"{prefix}grace")
         #: A PUBSUB CHANNELS pattern matching every channel topic.
         self.channels_pattern = encode(re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "chan:{*}")
         self._channel_start = len(encode(f"{prefix}chan:{{"))
@@ -39,6 +42,29 @@ class Keys:
     def swarm(self, swarm_id: str) -> bytes:
         """A swarm's hash, and its topic."""
         return encode(f"{self.prefix}swarm:{{{swarm_id}}}")
+
+    def grace_set(self, swarm_id: str) -> bytes:
+        """A swarm's peers in their resume grace (set of cids)."""
+        return self.swarm(swarm_id) + b":grace"
+
+    def kept(self, swarm_id: str, cid: str) -> bytes:
+        """A detached peer's latest frames, from the process that held its stream (list)."""
+        return self.swarm(swarm_id) + b":kept:" + encode(cid)
+
+    def queue(self, swarm_id: str, cid: str) -> bytes:
+        """Frames addressed to a peer in its resume grace (list; the scripts build this
+        name from the swarm's)."""
+        return self.swarm(swarm_id) + b":queue:" + encode(cid)
+
+    def draining(self, swarm_id: str, cid: str) -> bytes:
+        """Set while a detached peer's previous process adds the frames still on their way
+        to it (string with a short TTL)."""
+        return self.swarm(swarm_id) + b":draining:" + encode(cid)
+
+    def resume(self, digest: str) -> bytes:
+        """Which peer a resume key digest belongs to, during its grace (string
+        ``"<swarm id> <cid>"``)."""
+        return encode(f"{self.prefix}resume:{{{digest}}}")
 
     def channel(self, name: str) -> bytes:
         """A channel's history (stream), and its topic."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 #: Scripts that change state, run through :class:`~.once.Once`.
-CHANGING = ("create", "join", "leave", "signal", "publish")
+CHANGING = ("create", "join", "leave", "signal", "publish", "detach", "seal", "resume")
 #: Scripts that only read, or settle an operation.
 PLAIN = ("replay", "settle")
 
@@ -24,9 +24,16 @@ def source(name: str) -> str:
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
 
 
+#: Scripts that use ``keep.lua`` (the keeping of frames for a peer in its resume grace).
+KEEPING = ("join", "leave", "signal")
+
+
 def wrapped(name: str) -> str:
-    """A state-changing script inside ``once.lua``."""
-    return source("once").replace("--BODY--", source(name))
+    """A state-changing script inside ``once.lua`` (after ``keep.lua`` if it uses it)."""
+    body = source(name)
+    if name in KEEPING:
+        body = source("keep") + body
+    return source("once").replace("--BODY--", body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,5 +57,8 @@ class Scripts:
         self.leave = Script("leave", wrapped("leave"))
         self.signal = Script("signal", wrapped("signal"))
         self.publish = Script("publish", wrapped("publish"))
+        self.detach = Script("detach", wrapped("detach"))
+        self.seal = Script("seal", wrapped("seal"))
+        self.resume = Script("resume", wrapped("resume"))
         self.replay = Script("replay", source("replay"))
         self.settle = Script("settle", source("settle"))

@@ -30,6 +30,12 @@ class LocalSwarms:
         self._peers[swarm_id] = {cid: stream}
         self._initiated[swarm_id] = cid
 
+    def add_peer(self, swarm_id: str, cid: str, stream: Stream, *, initiator: bool) -> None:
+        """A peer back from its resume grace (confirmed at once: Redis knows it)."""
+        self._peers.setdefault(swarm_id, {})[cid] = stream
+        if initiator:
+            self._initiated[swarm_id] = cid
+
     def add_joining(self, cid: str, stream: Stream) -> None:
         """A peer whose join is on its way: it receives broadcasts from its own join on."""
         self._joining[cid] = stream
