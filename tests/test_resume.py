@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.servers import install_node_modules
+from tests.servers import Pair, install_node_modules, start_pair
 from tests.support import SSE, Peer, Server
 
 pytestmark = pytest.mark.single_process
@@ -321,3 +321,81 @@ def test_moshpit_style_clients_read_frames_with_ids(srv: Server) -> None:
     assert done.returncode == 0, done.stderr
     rows = [json.loads(line) for line in done.stdout.splitlines()]
     assert rows[0][0] == "connect" and rows[-1][:2] == ["peer", "signal"]
+
+
+# -- two processes sharing a real Redis -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Pair]:
+    servers = start_pair(tmp_path_factory.mktemp("resume-pair"), redis_url, GRACE)
+    yield servers
+    servers.stop()
+
+
+def test_a_peer_reset_on_one_process_resumes_on_the_other(pair: Pair) -> None:
+    a, b = pair.servers
+    initiator = Peer.open(a.url)
+    peer = Peer.open(f"{a.url}/{initiator.id}")
+    assert initiator.sse.next().event == "join"
+    assert initiator.post(a.url, {"n": 0}, cid=peer.cid).status_code == 200
+    assert peer.sse.next().json() == {"n": 0}
+    handle = last_id(peer.sse)
+    reset(peer.sse)
+    time.sleep(0.3)  # process A notices the reset
+    for n in range(1, 6):  # sent through both processes
+        assert initiator.post((a, b)[n % 2].url, {"n": n}, cid=peer.cid).status_code == 200
+    assert initiator.post(b.url, {"all": True}).status_code == 200
+    assert initiator.sse.next().json() == {"all": True}
+    with resume(f"{b.url}/{initiator.id}", handle) as back:
+        assert back.status == 200
+        got = back.events(6)
+        assert [e.json() for e in got] == [{"n": n} for n in range(1, 6)] + [{"all": True}]
+        assert back.quiet(0.3) == []  # each once
+        # Same cid and token, wherever it signals; the initiator saw no leave/join.
+        assert peer.post(a.url, {"back": peer.cid}).status_code == 200
+        assert back.next().json() == {"back": peer.cid}
+        assert initiator.sse.next().json() == {"back": peer.cid}
+        assert initiator.post(a.url, "direct", cid=peer.cid).status_code == 200
+        assert back.next().json() == "direct"
+        assert initiator.sse.quiet(0.3) == []
+    initiator.close()
+
+
+def test_an_initiator_reset_on_one_process_resumes_on_the_other(pair: Pair) -> None:
+    a, b = pair.servers
+    initiator = Peer.open(a.url)
+    peer = Peer.open(f"{b.url}/{initiator.id}")
+    assert initiator.sse.next().event == "join"
+    handle = last_id(initiator.sse)
+    reset(initiator.sse)
+    time.sleep(0.3)
+    assert peer.post(b.url, "while away").status_code == 200
+    assert peer.sse.next().json() == "while away"
+    late = Peer.open(f"{a.url}/{peer.id}")
+    with resume(b.url, handle) as back:
+        assert back.status == 200
+        got = back.events(2)
+        assert [(e.event, e.json()) for e in got] == [
+            ("signal", "while away"),
+            ("join", {"id": peer.id, "cid": late.cid}),
+        ]
+        late.close()
+        leave = back.next(timeout=3)
+        assert (leave.event, leave.json()["cid"]) == ("leave", late.cid)
+        assert peer.sse.quiet(0.2) == []  # the swarm never ended
+    peer.close()
+
+
+def test_an_orderly_close_cannot_be_resumed_on_the_other_process(pair: Pair) -> None:
+    a, b = pair.servers
+    initiator = Peer.open(a.url)
+    peer = Peer.open(f"{a.url}/{initiator.id}")
+    initiator.sse.next()
+    handle = last_id(peer.sse)
+    peer.close()
+    leave = initiator.sse.next(timeout=2)
+    assert (leave.event, leave.json()["cid"]) == ("leave", peer.cid)
+    with resume(f"{b.url}/{initiator.id}", handle) as back:
+        assert back.status == 204
+    initiator.close()
