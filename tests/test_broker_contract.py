@@ -552,3 +552,26 @@ def test_a_peer_that_missed_too_much_cannot_resume_and_leaves(make: Factory) -> 
     assert a.resume_swarm(handle, stream(), m1.id) is None
     assert event_of(s1) == ("leave", {"id": m1.id, "cid": m2.cid})
     assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN
+
+
+def test_a_signal_on_its_way_when_the_stream_is_lost_is_resumed_once(make: Factory) -> None:
+    """Sent just before the loss: with Redis the message is still on its way to the
+    process that held the stream (nothing yields in between), which hands it over."""
+    a, b = make(resume_grace=5), make(resume_grace=5)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = last_id(frame_of(s2))
+    assert a.signal(m1.id, "on its way", cid=m2.cid) is Delivery.OK
+    assert a.signal(m1.id, "to all") is Delivery.OK
+    lost(b, m2, s2)
+    assert a.signal(m1.id, "after", cid=m2.cid) is Delivery.OK
+    s3 = stream()
+    assert a.resume_swarm(handle, s3, m1.id) is not None
+    assert [event_of(s3) for _ in range(3)] == [
+        ("signal", "on its way"),
+        ("signal", "to all"),
+        ("signal", "after"),
+    ]
+    assert_quiet(s3)
+    assert event_of(s1) == ("signal", "to all")
+    assert_quiet(s1)
