@@ -113,7 +113,7 @@ def fd_count(pid: int) -> int:
 
 
 def client_connections(pids: list[int], port: int, remote: bool = False) -> int:
-    """Connections to ``port`` (accepted clients, not redis or pipes) the processes hold.
+    """Open connections to ``port`` (accepted clients, not redis or pipes) the processes hold.
 
     With ``remote``, connections the processes opened to ``port`` elsewhere instead.
     """
@@ -130,9 +130,11 @@ def client_connections(pids: list[int], port: int, remote: bool = False) -> int:
             next(f)
             for line in f:
                 fields = line.split()
-                # fields: sl local remote state ... inode; state 0A is LISTEN
+                # fields: sl local remote state ... inode. Only ESTABLISHED (01):
+                # a connection its client already closed (CLOSE_WAIT, say, while
+                # the server has yet to notice) holds no stream.
                 address = fields[2] if remote else fields[1]
-                if fields[3] != "0A" and fields[9] in inodes and int(address[-4:], 16) == port:
+                if fields[3] == "01" and fields[9] in inodes and int(address[-4:], 16) == port:
                     count += 1
     return count
 
