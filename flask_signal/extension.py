@@ -261,7 +261,7 @@ class Signal:
         For a server's shutdown hook: streams never finish by themselves, so a
         graceful shutdown would otherwise wait its whole timeout for them.
         """
-        self.broker.close()
+        self._state().close()
 
     def drain(self) -> int:
         """Stop taking streams and end every open one with a jittered ``retry:``.

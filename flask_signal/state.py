@@ -92,6 +92,8 @@ class AppState:
     config: Any = None
     config_seen: dict[str, Any] = field(default_factory=dict)
     _stream_headers: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
+    #: The background loops :meth:`start` spawned (keep-alive, watchdog), ended by :meth:`close`.
+    _loops: list[Any] = field(default_factory=list)
 
     def ready(self) -> AppState:
         """This state, its broker started (once)."""
@@ -132,16 +134,28 @@ class AppState:
 
             self.metrics = metrics.start(self)
         if settings.ping_interval > 0:
-            gevent.spawn(keep_alive, self.broker.hub, settings.ping_interval)
+            self._loops.append(gevent.spawn(keep_alive, self.broker.hub, settings.ping_interval))
         if settings.write_timeout or settings.max_stream_age:
-            gevent.spawn(
-                watchdog,
-                self.broker.hub,
-                write_timeout=settings.write_timeout,
-                max_age=settings.max_stream_age,
-                spread=settings.drain_spread,
-                period=min(1.0, (settings.write_timeout or settings.max_stream_age) / 4),
+            self._loops.append(
+                gevent.spawn(
+                    watchdog,
+                    self.broker.hub,
+                    write_timeout=settings.write_timeout,
+                    max_age=settings.max_stream_age,
+                    spread=settings.drain_spread,
+                    period=min(1.0, (settings.write_timeout or settings.max_stream_age) / 4),
+                )
             )
+
+    def close(self) -> None:
+        """End every stream of this process, release the broker's connections and
+        stop the background loops (each holds the hub: an app made and dropped in a
+        long-lived process, as tests do, would otherwise keep them running)."""
+        try:
+            self.broker.close()
+        finally:
+            loops, self._loops = self._loops, []
+            gevent.killall(loops, block=False)
 
     @cached_property
     def cors(self) -> cors.Policy | None:

@@ -62,7 +62,7 @@ def apps() -> Iterator[list[Flask]]:
     made: list[Flask] = []
     yield made
     for app in made:
-        app.extensions["signal_state"].broker.close()
+        app.extensions["signal_state"].close()
 
 
 def in_greenlet(func: Any, *args: Any, timeout: float = 10, **kwargs: Any) -> Any:
@@ -633,7 +633,7 @@ class Hub:
         self.channel.close()
         self.bystander.close()
         self.playground.close()
-        self.app.extensions["signal_state"].broker.close()
+        self.app.extensions["signal_state"].close()
 
 
 class ErrorLog(logging.Handler):
