@@ -120,6 +120,7 @@ def assert_back_to_baseline(before: dict[str, Any], after: dict[str, Any]) -> No
     assert after["rss"] - before["rss"] < RSS_SLACK, (before, after)
 
 
+@pytest.mark.timeout(300)  # 100,000 streams under CI: past the suite's 60 s default
 def test_churn_leaves_nothing_behind(tmp_path: Path) -> None:
     srv = start_server(
         tmp_path,
@@ -135,6 +136,7 @@ def test_churn_leaves_nothing_behind(tmp_path: Path) -> None:
         srv.stop()
 
 
+@pytest.mark.timeout(300)
 def test_churn_with_redis_leaves_no_keys(tmp_path: Path, redis_url: str) -> None:
     import redis
 
