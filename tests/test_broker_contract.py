@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import string
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +34,7 @@ from flask_signal.brokers import (
     schemes,
 )
 from flask_signal.brokers.memory import MemoryBroker
+from flask_signal.errors import SwarmFull
 from flask_signal.hub import LocalHub
 
 from .broker_support import (
@@ -189,6 +193,97 @@ def test_leave_and_the_end_of_a_swarm(make: Factory) -> None:
     assert b.join_swarm(m1.id, stream()) is None
     b.leave_swarm(m3)
     assert a.swarm_count() == 0
+
+
+def test_a_full_swarm_refuses_joins_until_a_seat_is_free(make: Factory) -> None:
+    """``max_swarm_peers`` counts the initiator and peers in their resume grace, on
+    every process; a refused join leaves no trace."""
+    a, b = make(max_swarm_peers=3, resume_grace=5), make(max_swarm_peers=3, resume_grace=5)
+    m1, s1, m2, s2 = swarm(a, b)
+    m3 = a.join_swarm(m1.id, stream())
+    assert m3 is not None
+    assert event_of(s1) == ("join", {"id": m1.id, "cid": m3.cid})
+    for broker in (a, b):
+        refused = stream()
+        with pytest.raises(SwarmFull):
+            broker.join_swarm(m1.id, refused)
+        assert refused.swarm_id is None and refused.cid is None
+    lost(b, m2, s2)  # in its grace: its seat is kept
+    with pytest.raises(SwarmFull):
+        a.join_swarm(m1.id, stream())
+    a.leave_swarm(m3)  # an orderly leave frees a seat
+    assert event_of(s1) == ("leave", {"id": m1.id, "cid": m3.cid})
+    m4 = b.join_swarm(m1.id, s4 := stream())
+    assert m4 is not None and event_of(s4)[0] == "connect"
+    assert event_of(s1) == ("join", {"id": m1.id, "cid": m4.cid})
+    assert_quiet(s1)
+
+
+#: A process that joins one swarm from many greenlets at once, once a start key is set.
+_RACER = """
+from gevent import monkey; monkey.patch_all()
+import json, sys, time
+import gevent, redis
+from flask_signal.brokers import from_url
+from flask_signal.errors import SwarmFull
+from flask_signal.hub import LocalHub, Stream
+url, prefix, swarm_id, cap, tries = sys.argv[1:6]
+broker = from_url(url, hub=LocalHub(), prefix=prefix, max_swarm_peers=int(cap),
+                  max_connections=int(tries))
+broker.start()
+client = redis.Redis.from_url(url)
+print("ready", flush=True)
+while not client.exists(prefix + "go"):
+    time.sleep(0.001)
+outcomes = []
+def join():
+    try:
+        outcomes.append("in" if broker.join_swarm(swarm_id, Stream(10)) else "none")
+    except SwarmFull:
+        outcomes.append("full")
+gevent.joinall([gevent.spawn(join) for _ in range(int(tries))])
+print(json.dumps(outcomes), flush=True)
+broker.halt()
+"""
+
+
+def test_processes_racing_for_the_last_seats_admit_exactly_the_cap(
+    redis_url: str,  # noqa: F811 - fixture
+    prefix: str,  # noqa: F811 - fixture
+) -> None:
+    """Two processes sharing one Redis join one swarm from 12 greenlets each at once:
+    exactly the free seats are taken, every other join is refused as full."""
+    cap, tries = 5, 12
+    host = from_url(redis_url, hub=LocalHub(), prefix=prefix, max_swarm_peers=cap)
+    try:
+        member = host.create_swarm(stream())
+        assert host.join_swarm(member.id, stream()) is not None  # 3 seats left
+        racers = [
+            subprocess.Popen(
+                [sys.executable, "-c", _RACER, redis_url, prefix, member.id, str(cap), str(tries)],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+        try:
+            for racer in racers:
+                assert racer.stdout is not None and racer.stdout.readline() == "ready\n"
+            client = redis.Redis.from_url(redis_url)
+            client.set(prefix + "go", 1)
+            outcomes = [json.loads(racer.communicate(timeout=30)[0]) for racer in racers]
+        finally:
+            for racer in racers:
+                racer.kill()
+        joined = [o.count("in") for o in outcomes]
+        assert sum(joined) == cap - 2, outcomes
+        assert sorted(o for each in outcomes for o in each) == ["full"] * (2 * tries - cap + 2) + [
+            "in"
+        ] * (cap - 2)
+        fields = client.hkeys(f"{prefix}swarm:{{{member.id}}}")
+        assert sum(1 for f in fields if f.startswith(b"k:")) == cap
+    finally:
+        host.close()
 
 
 def test_lifecycle_signals(make: Factory) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import SSE, Peer, free_port, start_server
+from tests.support import SSE, Pair, Peer, Server, free_port, start_pair, start_server
 
 pytestmark = pytest.mark.single_process
 
@@ -79,8 +79,18 @@ def test_a_stream_is_bounded_in_unsent_bytes_not_frames(tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_a_full_swarm_answers_429_with_retry_after(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, {"max_swarm_peers": 2})
+@pytest.mark.parametrize("broker", ["memory", "redis-pair"])
+def test_a_full_swarm_answers_429_with_retry_after(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
+    """With Redis the requests alternate between two processes sharing it: the cap
+    holds across them, with the same answer."""
+    settings = {"max_swarm_peers": 2}
+    srv: Server | Pair
+    if broker == "memory":
+        srv = start_server(tmp_path, settings)
+    else:
+        srv = start_pair(tmp_path, request.getfixturevalue("redis_url"), settings)
     try:
         initiator = Peer.open(srv.url)
         peer = Peer.open(f"{srv.url}/{initiator.id}")
@@ -88,6 +98,8 @@ def test_a_full_swarm_answers_429_with_retry_after(tmp_path: Path) -> None:
             assert third.status == 429
             assert third.headers["retry-after"] == "5"
             assert third.headers["content-type"] == "application/json"
+        refused = requests.get(f"{srv.url}/{initiator.id}", stream=True, timeout=5)
+        assert refused.status_code == 429 and refused.json() == {"error": "this swarm is full"}
         peer.close()
         assert initiator.sse.next().event == "join"
         assert initiator.sse.next().event == "leave"

@@ -21,6 +21,7 @@ import redis
 from redis import exceptions as rexc
 
 from ... import framing, signals
+from ...errors import SwarmFull
 from ...hub import Stream, counts
 from .. import (
     Broker,
@@ -321,6 +322,7 @@ class RedisBroker(Broker):
                     key,
                     f"{swarm_id} {member.cid}",
                     codec.joined(member.cid),
+                    self.max_swarm_peers,
                     *self._keeping(
                         framing.swarm_event("join", {"id": swarm_id, "cid": member.cid})
                     ),
@@ -332,12 +334,14 @@ class RedisBroker(Broker):
             self.swarms.unrecorded.append((swarm_id, member.cid))
             raise
         finally:
-            if not joined:
+            if joined != 1:
                 self.swarms.forget_joining(member.cid)
                 self._numbered.pop(member.cid, None)
                 self.hub.peers.pop(member.cid, None)
                 stream.swarm_id = stream.cid = None
                 self.listener.release([key])
+        if joined == -1:
+            raise SwarmFull(swarm_id)
         if not joined:
             return None
         signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
