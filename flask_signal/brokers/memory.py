@@ -44,8 +44,10 @@ class _Peer:
         #: The resume key (empty with resume off), and the last frame number sent.
         self.key = key
         self.seq = 0
-        #: The latest frames sent, as (seq, frame), for a resume to replay.
-        self.sent: deque[tuple[int, bytes]] = deque()
+        #: The latest frames sent, as (seq, frame), for a resume to replay; None
+        #: with resume off (an empty deque is some 600 bytes, and a server holds
+        #: tens of thousands of peers).
+        self.sent: deque[tuple[int, bytes]] | None = deque() if key else None
         self.sent_bytes = 0
         #: The greenlet that makes a detached peer leave when its grace is over.
         self.expiry: gevent.Greenlet[Any] | None = None
@@ -139,13 +141,14 @@ class MemoryBroker(Broker):
 
     def _deliver(self, peer: _Peer, frame: bytes) -> None:
         """Send ``frame`` to ``peer``; with resume on, numbered and kept for a resume."""
-        if peer.key:
+        sent = peer.sent
+        if sent is not None:
             peer.seq += 1
             frame = stamp(frame, peer.key, peer.seq)
-            peer.sent.append((peer.seq, frame))
+            sent.append((peer.seq, frame))
             peer.sent_bytes += len(frame)
-            while peer.sent_bytes > self.resume_bytes and len(peer.sent) > 1:
-                peer.sent_bytes -= len(peer.sent.popleft()[1])
+            while peer.sent_bytes > self.resume_bytes and len(sent) > 1:
+                peer.sent_bytes -= len(sent.popleft()[1])
         if peer.stream is not None:
             peer.stream.put(frame)
 
@@ -239,7 +242,7 @@ class MemoryBroker(Broker):
             expiry.kill(block=False)
         stream.swarm_id, stream.cid = swarm.id, peer.cid
         self.hub.peers[peer.cid] = stream
-        for number, frame in peer.sent:
+        for number, frame in peer.sent or ():
             if number > seq:
                 stream.put(frame)
         counts["resumes"] += 1
