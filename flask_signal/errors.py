@@ -77,6 +77,12 @@ class OutcomeUnknown(BrokerUnavailable):
     """
 
 
+class ResumeLater(BrokerUnavailable):
+    """A swarm peer asks to resume while another process still holds it (that process
+    has not found its stream lost yet, or died and is not reaped yet); it soon will be
+    resumable, so the client is asked to come back, as during an outage."""
+
+
 class SwarmFull(FlaskSignalError):
     """A swarm already holds as many peers as ``SIGNAL_MAX_SWARM_PEERS`` allows."""
 
@@ -107,8 +113,11 @@ def answer_for(
         return exc.answer
     if isinstance(exc, BadRequest):
         return error(exc.status, exc.message)
-    if isinstance(exc, BrokerUnavailable):
+    if isinstance(exc, ResumeLater):
+        log.info("resume deferred: %s", exc)
+    elif isinstance(exc, BrokerUnavailable):
         log.warning("broker unavailable: %s", exc)
+    if isinstance(exc, BrokerUnavailable):
         if isinstance(exc, OutcomeUnknown) and stream_headers is None:
             # Not "retry later": the operation may have been applied already.
             return error(504, "the signalling backend did not confirm; it may have been applied")

@@ -27,6 +27,7 @@ import redis
 
 from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, OutcomeUnknown
 from flask_signal.brokers.redis import RedisBroker, codec
+from flask_signal.errors import ResumeLater
 from flask_signal.hub import LocalHub, Stream
 
 from .broker_support import (
@@ -94,6 +95,79 @@ def test_a_dead_process_is_reaped(make: Factory) -> None:
     # The dead processes are forgotten too.
     client = redis.Redis.from_url(a.url)
     assert client.smembers(f"{a.prefix}procs") == {a.process.encode()}
+
+
+#: A dead process is reaped within peer_ttl + heartbeat_interval (2 s here).
+REAPED_FAST = {"heartbeat_interval": 0.5, "peer_ttl": 1.5}
+
+
+def in_grace(broker: RedisBroker, member: Membership) -> bool:
+    client = redis.Redis.from_url(broker.url)
+    return client.hget(broker.keys.swarm(member.id), f"g:{member.cid}") is not None
+
+
+def test_a_dead_process_peer_resumes_elsewhere_within_its_grace(make: Factory) -> None:
+    """kill -9 of the process holding a peer: the reaper puts it in its grace as if its
+    stream were lost; it resumes on another process with its cid and token, gets what
+    was addressed to it once in its grace, and its initiator sees no leave and no join."""
+    a, b = make(resume_grace=10, **REAPED_FAST), make(resume_grace=10, **REAPED_FAST)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid, token=m1.token) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    b.halt()  # as kill -9
+    # Not reaped yet: its client is asked to come back (not refused for good).
+    with pytest.raises(ResumeLater):
+        a.resume_swarm(handle, stream(), m1.id)
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    for n in (1, 2):
+        assert a.signal(m1.id, n, cid=m2.cid, token=m1.token) is Delivery.OK
+    assert a.signal(m1.id, "all", token=m2.token) is Delivery.OK  # its token still signs
+    assert event_of(s1) == ("signal", "all")
+    back = a.resume_swarm(handle, s3 := stream(), m1.id)
+    assert back is not None and (back.cid, back.initiator) == (m2.cid, False)
+    frames = [frame_of(s3) for _ in range(3)]
+    assert [json.loads(f.split(b"\n")[1][6:]) for f in frames] == [1, 2, "all"]
+    seq = int(handle[31:])
+    assert [int(i[31:]) for i in ids_of(frames)] == [seq + 1, seq + 2, seq + 3]
+    assert a.signal(m1.id, "live", cid=m2.cid) is Delivery.OK
+    assert event_of(s3) == ("signal", "live")
+    assert_quiet(s1, 1.0)  # no leave, no join
+    assert a.authenticate(m1.id, m2.token) is Delivery.OK
+    # Held by a now; a resume of it again is a resume of a live peer here.
+    client = redis.Redis.from_url(a.url)
+    assert client.smembers(a.keys.proc_peers(a.process)) >= {f"{m1.id} {m2.cid}".encode()}
+    del s2
+
+
+def test_a_dead_process_initiator_keeps_its_swarm_for_its_grace(make: Factory) -> None:
+    a, b = make(resume_grace=10, **REAPED_FAST), make(resume_grace=10, **REAPED_FAST)
+    m1, s1, m2, s2 = swarm(b, a)  # the initiator on b, which dies
+    assert a.signal(m1.id, "hi", cid=m1.cid, token=m2.token) is Delivery.OK
+    handle = ids_of([frame_of(s1)])[0]
+    b.halt()
+    wait_until(lambda: in_grace(a, m1), timeout=10)
+    assert a.swarm_exists(m1.id)
+    assert a.signal(m1.id, "while away", token=m2.token) is Delivery.OK
+    assert event_of(s2) == ("signal", "while away")
+    back = a.resume_swarm(handle, s3 := stream())  # the create URL: no swarm id
+    assert back is not None and back.initiator and back.cid == m1.cid
+    assert event_of(s3) == ("signal", "while away")
+    assert_quiet(s2)
+
+
+def test_a_dead_process_peer_that_does_not_come_back_leaves_after_its_grace(
+    make: Factory,
+) -> None:
+    grace = 1.5
+    a, b = make(resume_grace=grace, **REAPED_FAST), make(resume_grace=grace, **REAPED_FAST)
+    m1, s1, m2, _ = swarm(a, b)
+    b.halt()
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    reaped = time.monotonic()
+    assert event_of(s1, timeout=10) == ("leave", {"id": m1.id, "cid": m2.cid})
+    assert time.monotonic() - reaped >= grace - 0.5  # the grace, not the reap, made it leave
+    assert_quiet(s1, 1.0)  # once
+    assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN
 
 
 # -- channels ----------------------------------------------------------------------

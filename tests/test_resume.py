@@ -9,12 +9,15 @@ cuts its connection.
 from __future__ import annotations
 
 import json
+import os
 import selectors
+import signal
 import socket
 import struct
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -399,3 +402,68 @@ def test_an_orderly_close_cannot_be_resumed_on_the_other_process(pair: Pair) -> 
     with resume(f"{b.url}/{initiator.id}", handle) as back:
         assert back.status == 204
     initiator.close()
+
+
+# -- kill -9 of the process that held a peer ------------------------------------------------
+
+
+def test_a_peer_of_a_killed_worker_resumes_on_another_process(
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """The worker holding a peer's stream is killed (SIGKILL): its client reconnects to
+    another process and is asked to come back until the reaper has put the peer in its
+    grace; then it resumes with its cid and token and every signal sent to it since, and
+    its initiator sees no leave and no join."""
+    import redis
+
+    key_prefix = f"k9{uuid.uuid4().hex[:8]}:"
+    settings = {
+        **GRACE,
+        "resume_grace": 15,
+        "retry_after": 1,
+        "redis_prefix": key_prefix,
+        # Reaped within 4 s of its death.
+        "broker_options": {"heartbeat_interval": 1.0, "peer_ttl": 3.0},
+    }
+    pair = start_pair(tmp_path, redis_url, settings)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        a, b = pair.servers
+        initiator = Peer.open(a.url)
+        peer = Peer.open(f"{b.url}/{initiator.id}")
+        assert initiator.sse.next().event == "join"
+        assert initiator.post(a.url, {"n": 0}, cid=peer.cid).status_code == 200
+        assert peer.sse.next().json() == {"n": 0}
+        handle = last_id(peer.sse)
+        (worker,) = b.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        assert peer.sse.wait_end(5)  # the kernel closed its connection
+        # Too early: its dead process is not reaped yet. An EventSource follows the hint.
+        with resume(f"{a.url}/{initiator.id}", handle) as early:
+            assert early.status == 200
+            assert early.wait_end(5) and b"retry: " in bytes(early.raw)
+        swarm_key = f"{key_prefix}swarm:{{{initiator.id}}}"
+        deadline = time.monotonic() + 10
+        while client.hget(swarm_key, f"g:{peer.cid}") is None:
+            assert time.monotonic() < deadline, "the dead worker's peer was not reaped"
+            time.sleep(0.1)
+        for n in (1, 2):
+            assert initiator.post(a.url, {"n": n}, cid=peer.cid).status_code == 200
+        assert initiator.post(a.url, {"all": True}).status_code == 200
+        assert initiator.sse.next().json() == {"all": True}
+        with resume(f"{a.url}/{initiator.id}", handle) as back:
+            assert back.status == 200
+            got = back.events(3)
+            assert [e.json() for e in got] == [{"n": 1}, {"n": 2}, {"all": True}]
+            seq = int(handle[31:])
+            assert [int((e.id or "")[31:]) for e in got] == [seq + 1, seq + 2, seq + 3]
+            assert back.quiet(0.3) == []
+            assert peer.post(a.url, {"back": peer.cid}).status_code == 200  # same token
+            assert back.next().json() == {"back": peer.cid}
+            assert initiator.sse.next().json() == {"back": peer.cid}
+            assert initiator.sse.quiet(0.5) == []  # no leave, no join
+        initiator.close()
+    finally:
+        client.close()
+        pair.kill()

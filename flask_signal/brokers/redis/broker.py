@@ -21,7 +21,7 @@ import redis
 from redis import exceptions as rexc
 
 from ... import framing, signals
-from ...errors import SwarmFull
+from ...errors import ResumeLater, SwarmFull
 from ...hub import Stream, counts
 from .. import (
     Broker,
@@ -129,6 +129,9 @@ class RedisBroker(Broker):
             self.keys,
             self.swarms,
             leave=self._leave_in_redis,
+            reap=self._reap_peer,
+            taken_over=self._taken_over,
+            renew=self._resume_index,
             heartbeat_interval=heartbeat_interval,
             peer_ttl=peer_ttl,
             swarm_ttl=swarm_ttl,
@@ -263,6 +266,7 @@ class RedisBroker(Broker):
 
     def create_swarm(self, stream: Stream) -> Membership:
         self.start()
+        resume_key = new_resume_key() if self.resume_grace else ""
         while True:
             member = Membership(new_id(), new_id(), new_id(), initiator=True)
             key = self.keys.swarm(member.id)
@@ -277,6 +281,7 @@ class RedisBroker(Broker):
                         self.process,
                         int(self.liveness.swarm_ttl * 1000),
                         f"{member.id} {member.cid}",
+                        *([token_digest(resume_key)] if resume_key else []),
                     ],
                 )
             except BaseException as exc:
@@ -291,8 +296,9 @@ class RedisBroker(Broker):
         stream.swarm_id, stream.cid = member.id, member.cid
         self.swarms.add_initiator(member.id, member.cid, stream)
         self.hub.peers[member.cid] = stream
-        if self.resume_grace:
-            self._numbered[member.cid] = Numbered(new_resume_key().encode())
+        if resume_key:
+            self._numbered[member.cid] = Numbered(resume_key.encode())
+            self._index(resume_key, member.id, member.cid)
         self._put(stream, self.connect_frame(member))
         signals.swarm_created.send(self.sender, swarm_id=member.id, cid=member.cid)
         return member
@@ -307,8 +313,9 @@ class RedisBroker(Broker):
         stream.swarm_id, stream.cid = swarm_id, member.cid
         self.swarms.add_joining(member.cid, stream)
         self.hub.peers[member.cid] = stream
-        if self.resume_grace:
-            self._numbered[member.cid] = Numbered(new_resume_key().encode())
+        resume_key = new_resume_key() if self.resume_grace else ""
+        if resume_key:
+            self._numbered[member.cid] = Numbered(resume_key.encode())
         self._put(stream, self.connect_frame(member))
         joined = 0
         try:
@@ -326,6 +333,7 @@ class RedisBroker(Broker):
                     *self._keeping(
                         framing.swarm_event("join", {"id": swarm_id, "cid": member.cid})
                     ),
+                    *([token_digest(resume_key)] if resume_key else []),
                 ],
             )
         except OutcomeUnknown:
@@ -344,6 +352,8 @@ class RedisBroker(Broker):
             raise SwarmFull(swarm_id)
         if not joined:
             return None
+        if resume_key:
+            self._index(resume_key, swarm_id, member.cid)
         signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
         return member
 
@@ -519,40 +529,27 @@ class RedisBroker(Broker):
         if numbered is None:
             return False
         digest = token_digest(numbered.key.decode())
-        key = self.keys.swarm(swarm_id)
-        entry = f"{swarm_id} {cid}"
         self._draining[swarm_id, cid] = Draining(digest, initiator=initiator)
         try:
-            done = self.once.run(
-                self.scripts.detach,
-                [
-                    key,
-                    self.keys.proc_peers(self.process),
-                    self.keys.grace_set(swarm_id),
-                    self.keys.kept(swarm_id, cid),
-                    self.keys.queue(swarm_id, cid),
-                    self.keys.draining(swarm_id, cid),
-                    self.keys.resume(digest),
-                    self.keys.grace,
-                ],
-                [
-                    cid,
-                    digest,
-                    numbered.base(),
-                    entry,
-                    int(self.resume_grace * 1000),
-                    int(self.liveness.swarm_ttl * 1000),
-                    entry,
-                    key,
-                    codec.detached(cid),
-                    DRAINING_MS,
-                    *(frame for _, frame in numbered.sent),
-                ],
+            done = self._run_detach(
+                swarm_id,
+                cid,
+                digest,
+                numbered.base(),
+                self.process,
+                DRAINING_MS,
+                [frame for _, frame in numbered.sent],
             )
         except (BrokerUnavailable, rexc.RedisError, OSError) as exc:
             log.warning("could not keep %s of swarm %s for a resume: %s", cid, swarm_id, exc)
             self._draining.pop((swarm_id, cid), None)
             return False
+        if done == 2:
+            # Taken over (it resumed elsewhere, or a reaper put it in its grace while
+            # this process stalled): forget it here, and leave Redis alone.
+            self._draining.pop((swarm_id, cid), None)
+            self._forget_local(swarm_id, cid, initiator=initiator)
+            return True
         if not done:
             self._draining.pop((swarm_id, cid), None)
             return False
@@ -568,6 +565,105 @@ class RedisBroker(Broker):
         )
         # The topic is held until the "detached" message comes back (see _seal).
         return True
+
+    def _run_detach(
+        self,
+        swarm_id: str,
+        cid: str,
+        digest: str,
+        base: int,
+        process: str,
+        draining_ms: int,
+        frames: list[bytes],
+    ) -> int:
+        """Run ``detach.lua`` for a peer of ``process``; its outcome (1, 0 or 2)."""
+        key = self.keys.swarm(swarm_id)
+        entry = f"{swarm_id} {cid}"
+        return int(
+            self.once.run(
+                self.scripts.detach,
+                [
+                    key,
+                    self.keys.proc_peers(process),
+                    self.keys.grace_set(swarm_id),
+                    self.keys.kept(swarm_id, cid),
+                    self.keys.queue(swarm_id, cid),
+                    self.keys.draining(swarm_id, cid),
+                    self.keys.resume(digest),
+                    self.keys.grace,
+                ],
+                [
+                    cid,
+                    digest,
+                    base,
+                    entry,
+                    int(self.resume_grace * 1000),
+                    int(self.liveness.swarm_ttl * 1000),
+                    entry,
+                    key,
+                    codec.detached(cid),
+                    draining_ms,
+                    process,
+                    *frames,
+                ],
+            )
+        )
+
+    def _forget_local(self, swarm_id: str, cid: str, *, initiator: bool) -> Stream | None:
+        """Forget a peer here that another process now holds; its stream, if any."""
+        stream, _ = self.swarms.remove(swarm_id, cid, initiator=initiator)
+        self._numbered.pop(cid, None)
+        if self.hub.peers.get(cid) is stream:
+            self.hub.peers.pop(cid, None)
+        if stream is not None:
+            self.listener.release([self.keys.swarm(swarm_id)])
+        return stream
+
+    def _taken_over(self, swarm_id: str, cid: str) -> None:
+        """The fence found a peer of this process held by another, or in its grace:
+        its stream here ends, and its client resumes (no leave: it did not leave)."""
+        numbered = self._numbered.get(cid)
+        if numbered is not None and not numbered.ready:
+            return  # resuming here right now: Redis is about to say so
+        initiator = self.swarms.initiator(swarm_id) is self.swarms.peer(swarm_id, cid)
+        stream = self._forget_local(swarm_id, cid, initiator=initiator)
+        if stream is not None:
+            stream.end("replaced")
+
+    def _reap_peer(self, swarm_id: str, cid: str, process: str) -> int:
+        """The reaper found ``process`` dead: its peer goes into its resume grace like a
+        peer whose stream was lost (with the grace on), else leaves at once."""
+        if self.resume_grace:
+            digest = self.redis.hget(self.keys.swarm(swarm_id), f"r:{cid}")
+            if digest is not None:
+                # Only the process that died knew which frames the client got: the
+                # position the client gives is taken as it is (base -1).
+                done = self._run_detach(swarm_id, cid, decode(digest), -1, process, 1, [])
+                if done == 1:
+                    log.info(
+                        "peer of a dead process may resume: swarm=%s cid=%s grace=%ss",
+                        swarm_id,
+                        cid,
+                        self.resume_grace,
+                    )
+                return 1 if done == 1 else 0
+        return self._leave_in_redis(swarm_id, cid, process)
+
+    def _resume_index(self) -> list[bytes]:
+        """The resume index entries of this process's peers, for the heartbeat to renew."""
+        return [self.keys.resume(token_digest(n.key.decode())) for n in self._numbered.values()]
+
+    def _index(self, resume_key: str, swarm_id: str, cid: str) -> None:
+        """Let any process find a peer by its resume key from now on, before its stream
+        is lost too: its process may die (the heartbeat renews the entry)."""
+        try:
+            self.redis.set(
+                self.keys.resume(token_digest(resume_key)),
+                f"{swarm_id} {cid}",
+                px=int(self.liveness.swarm_ttl * 1000),
+            )
+        except (rexc.RedisError, OSError) as exc:
+            log.warning("could not index %s of swarm %s for a resume: %s", cid, swarm_id, exc)
 
     def _seal(self, swarm_id: str, cid: str, draining: Draining) -> None:
         """Hand Redis the frames that were on their way to a detached peer."""
@@ -603,6 +699,9 @@ class RedisBroker(Broker):
         sid, _, cid = decode(found).partition(" ")
         if swarm_id is not None and sid != swarm_id:
             return None
+        numbered = self._numbered.get(cid)
+        if numbered is not None and numbered.key == key.encode():
+            return self._replace_local(handle, key, stream, swarm_id)
         topic = self.keys.swarm(sid)
         self.listener.acquire([(topic, "swarm", sid)])
         # Routed from before the resume script, so nothing published after it is missed;
@@ -623,8 +722,11 @@ class RedisBroker(Broker):
             log.warning("peer cannot resume, frames lost: swarm=%s cid=%s", sid, cid)
             self._end_grace(sid, cid, digest)
             return None
+        if int(reply[0]) == 0 and self._held_elsewhere(sid, cid, digest):
+            raise ResumeLater(f"peer {cid} of swarm {sid} is still held by another process")
         if int(reply[0]) != 3:
             return None
+        self._index(key, sid, cid)
         total, initiator, frames = int(reply[1]), bool(int(reply[2])), list(reply[3:])
         if initiator:
             self.swarms.add_peer(sid, cid, stream, initiator=True)
@@ -633,6 +735,22 @@ class RedisBroker(Broker):
         counts["resumes"] += 1
         log.info("peer resumed: swarm=%s cid=%s after=%d", sid, cid, seq)
         return Membership(sid, cid, "", initiator=initiator)
+
+    def _held_elsewhere(self, sid: str, cid: str, digest: str) -> bool:
+        """Whether the peer of this resume key is held by another process, not yet in its
+        grace: that process did not find the stream lost yet, or died and is not yet
+        reaped. Either soon puts it in its grace; its client is asked to come back."""
+        with unavailable():
+            process, grace, resume = self.redis.hmget(
+                self.keys.swarm(sid), [f"p:{cid}", f"g:{cid}", f"r:{cid}"]
+            )
+        return (
+            process is not None
+            and grace is None
+            and resume is not None
+            and decode(resume) == digest
+            and decode(process) != self.process
+        )
 
     def _run_resume(self, sid: str, cid: str, digest: str, seq: int) -> list[Any]:
         """Run ``resume.lua``, asking again while the previous process drains."""

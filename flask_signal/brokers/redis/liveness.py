@@ -3,9 +3,10 @@
 Each process renews its heartbeat key every ``heartbeat_interval``; it expires
 after ``peer_ttl``. Each process also records, in its peer set, the peers
 whose streams it holds. When a heartbeat expires, a reaper (one process per
-interval, under a lock) makes that process's peers leave their swarms. When a
-process finds its own heartbeat gone (it was reaped, or Redis lost its data),
-the fence ends its local streams of peers Redis no longer knows.
+interval, under a lock) makes that process's peers leave their swarms, or with
+a resume grace puts them in it, as if their streams were lost. When a process
+finds its own heartbeat gone (it was reaped, or Redis lost its data), the fence
+ends its local streams of peers Redis no longer knows, or that it no longer holds.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import gevent
@@ -27,6 +28,8 @@ log = logging.getLogger("flask_signal")
 
 #: Makes a peer of a process leave in Redis: (swarm id, cid, process) -> leave outcome.
 Leave = Callable[[str, str, str], int]
+#: What the fence does with a local peer another process took over: (swarm id, cid).
+TakenOver = Callable[[str, str], None]
 
 
 #: Delete a lock only if its value is still ours.
@@ -48,6 +51,9 @@ class Liveness:
         swarms: LocalSwarms,
         *,
         leave: Leave,
+        reap: Leave | None = None,
+        taken_over: TakenOver | None = None,
+        renew: Callable[[], Iterable[bytes]] | None = None,
         heartbeat_interval: float = 2.0,
         peer_ttl: float = 6.0,
         swarm_ttl: float = 60.0,
@@ -59,6 +65,11 @@ class Liveness:
         self.keys = keys
         self.swarms = swarms
         self.leave = leave
+        #: What the reaper does with a dead process's peer (1 if it counts as reaped).
+        self.reap_peer = reap or leave
+        self.taken_over = taken_over
+        #: Keys that live as long as this process's peers (renewed with the swarms).
+        self.renew = renew
         self.heartbeat_interval = heartbeat_interval
         self.peer_ttl = peer_ttl
         self.swarm_ttl = max(swarm_ttl, peer_ttl * 2)
@@ -128,6 +139,8 @@ class Liveness:
         if refresh:
             for swarm_id in self.swarms.initiated():
                 pipe.pexpire(self.keys.swarm(swarm_id), ttl)
+            for key in self.renew() if self.renew is not None else ():
+                pipe.pexpire(key, ttl)
         previous = pipe.execute()[0]
         if refresh:
             self._refreshed = now
@@ -143,16 +156,32 @@ class Liveness:
     def fence(self) -> None:
         """Redis forgot this process (it missed heartbeats and was reaped, or Redis lost
         its data): end the local streams of peers Redis no longer knows, whose swarms
-        would never deliver to them again."""
+        would never deliver to them again, and hand over those a reaper put in their
+        resume grace (or that resumed elsewhere meanwhile): their clients resume."""
         local = list(self.swarms.confirmed())
         pipe = self.client.pipeline(transaction=False)
         for swarm_id, cid, _ in local:
-            pipe.hexists(self.keys.swarm(swarm_id), f"k:{cid}")
-        gone = [s for (_, _, s), known in zip(local, pipe.execute(), strict=True) if not known]
-        if gone:
-            log.warning("heartbeat had expired; ending %d swarm streams Redis forgot", len(gone))
+            pipe.hmget(self.keys.swarm(swarm_id), [f"k:{cid}", f"p:{cid}", f"g:{cid}"])
+        gone: list[Any] = []
+        taken: list[tuple[str, str]] = []
+        for (swarm_id, cid, stream), (known, holder, grace) in zip(
+            local, pipe.execute(), strict=True
+        ):
+            if known is None:
+                gone.append(stream)
+            elif grace is not None or (holder is not None and decode(holder) != self.process):
+                taken.append((swarm_id, cid))
+        if gone or taken:
+            log.warning(
+                "heartbeat had expired; ending %d swarm streams Redis forgot, %d taken over",
+                len(gone),
+                len(taken),
+            )
         for stream in gone:
             stream.end("broker unavailable")
+        for swarm_id, cid in taken:
+            if self.taken_over is not None:
+                self.taken_over(swarm_id, cid)
 
     # -- reaper ----------------------------------------------------------------------
 
@@ -207,11 +236,11 @@ class Liveness:
         for process in dead:
             peers = self.client.smembers(keys.proc_peers(process))
             log.warning(
-                "process %s stopped its heartbeat: removing its %d peers", process, len(peers)
+                "process %s stopped its heartbeat: reaping its %d peers", process, len(peers)
             )
             for entry in peers:
                 swarm_id, _, cid = decode(entry).partition(" ")
-                if self.leave(swarm_id, cid, process):
+                if self.reap_peer(swarm_id, cid, process):
                     reaped += 1
             self.reap_presence(process)
             pipe = self.client.pipeline(transaction=False)

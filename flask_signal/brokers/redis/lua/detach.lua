@@ -1,16 +1,20 @@
--- A peer's stream was lost: keep it in its swarm for the resume grace. Returns 1, or 0
--- if it is not a peer (any more).
+-- A peer's stream was lost, or its process died: keep it in its swarm for the resume
+-- grace. Returns 1; 0 if it is not a peer (any more); 2 if that process no longer holds
+-- it (it resumed elsewhere, or is in its grace already: a reaper came first).
 -- KEYS[1] the swarm hash, KEYS[2] the owner process's peer set, KEYS[3] the grace set,
 -- KEYS[4] the peer's kept frames (list), KEYS[5] its queue (list), KEYS[6] its draining
 -- mark, KEYS[7] the resume index entry, KEYS[8] the grace deadlines (sorted set).
--- ARGV: cid, resume key digest, base (the number of the frame before the first kept one),
---       peer entry, grace (ms), swarm ttl (ms), index value and deadline member
---       ("<swarm id> <cid>"), topic, "detached" message (codec), draining (ms), then the
---       frames the process still held for it, oldest first.
+-- ARGV: cid, resume key digest, base (the number of the frame before the first kept one;
+--       -1 for a dead process's peer: unknown), peer entry, grace (ms), swarm ttl (ms),
+--       index value and deadline member ("<swarm id> <cid>"), topic, "detached" message
+--       (codec), draining (ms), the owner process, then the frames the process still held
+--       for it, oldest first.
 -- The owner keeps the frames pub/sub brings it until the "detached" message comes back,
 -- and adds them (seal.lua); a resume waits while the draining mark lasts.
 local cid = ARGV[1]
-if not redis.call('HGET', KEYS[1], 'k:' .. cid) then return 0 end
+local found = redis.call('HMGET', KEYS[1], 'k:' .. cid, 'p:' .. cid, 'g:' .. cid)
+if not found[1] then return 0 end
+if found[2] ~= ARGV[11] or found[3] then return 2 end
 local grace = tonumber(ARGV[5])
 redis.call('SREM', KEYS[2], ARGV[4])
 redis.call('HSET', KEYS[1], 'g:' .. cid, ARGV[2], 'b:' .. cid, ARGV[3])
@@ -18,7 +22,7 @@ redis.call('HDEL', KEYS[1], 'o:' .. cid, 'z:' .. cid)
 redis.call('SADD', KEYS[3], cid)
 redis.call('PEXPIRE', KEYS[3], grace + tonumber(ARGV[6]))
 redis.call('DEL', KEYS[4], KEYS[5])
-for i = 11, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
+for i = 12, #ARGV do redis.call('RPUSH', KEYS[4], ARGV[i]) end
 redis.call('PEXPIRE', KEYS[4], grace)
 redis.call('SET', KEYS[6], 1, 'PX', ARGV[10])
 redis.call('SET', KEYS[7], ARGV[7], 'PX', grace)

@@ -27,7 +27,7 @@ end
 local digest = redis.call('HGET', KEYS[1], 'k:' .. cid)
 if not digest then return 0 end
 redis.call('HDEL', KEYS[1], 'p:' .. cid, 'k:' .. cid, 't:' .. digest, 'g:' .. cid, 'b:' .. cid,
-  'o:' .. cid, 'z:' .. cid)
+  'o:' .. cid, 'z:' .. cid, 'r:' .. cid)
 if ARGV[6] and redis.call('SREM', KEYS[3], cid) == 1 then
   redis.call('DEL', KEYS[1] .. ':queue:' .. cid, KEYS[1] .. ':kept:' .. cid)
 end

@@ -12,6 +12,8 @@ if redis.call('HGET', KEYS[1], 'g:' .. cid) ~= ARGV[2] then return {0} end
 if redis.call('EXISTS', KEYS[5]) == 1 then return {1} end
 if redis.call('HGET', KEYS[1], 'o:' .. cid) then return {2} end
 local base = tonumber(redis.call('HGET', KEYS[1], 'b:' .. cid))
+-- -1: its process died, and what it had sent is unknown here: the client's word is taken.
+if base < 0 then base = math.max(tonumber(ARGV[3]), 0) end
 local all = redis.call('LRANGE', KEYS[3], 0, -1)
 for _, frame in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do all[#all + 1] = frame end
 local total, seq = base + #all, tonumber(ARGV[3])
