@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -61,8 +62,28 @@ def test_a_stream_past_its_lifetime_ends_with_a_jittered_retry(tmp_path: Path) -
         srv.stop()
 
 
-def test_a_stream_is_bounded_in_unsent_bytes_not_frames(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, {"queue_bytes": "64kb", "limit": "64kb", "direct_writes": False})
+def serve(
+    tmp_path: Path, request: pytest.FixtureRequest, broker: str, settings: dict[str, Any]
+) -> Server:
+    """One server, with the memory broker or a Redis one (the fixture's redis-server)."""
+    if broker == "redis":
+        url = request.getfixturevalue("redis_url")
+        settings = {**settings, "broker_url": url, "redis_prefix": f"f{free_port()}:"}
+    return start_server(tmp_path, settings)
+
+
+def test_the_default_bound_of_unsent_bytes_is_well_under_a_megabyte() -> None:
+    from flask_signal.settings import Settings
+
+    assert Settings().queue_bytes == 256 * 1024
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_a_stream_is_bounded_in_unsent_bytes_not_frames(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
+    settings = {"queue_bytes": "64kb", "limit": "64kb", "direct_writes": False}
+    srv = serve(tmp_path, request, broker, settings)
     try:
         slow = SSE.open(f"{srv.url}/channels/bulk", rcvbuf=4096)
         wait_for(lambda: srv.count("bulk") == 1)
@@ -110,9 +131,47 @@ def test_a_full_swarm_answers_429_with_retry_after(
         srv.stop()
 
 
-def test_streams_stay_below_worker_connections_so_posts_get_through(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["memory", "redis-pair"])
+def test_a_swarm_peer_is_bounded_in_unsent_bytes(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
+    """A peer that stops reading is cut once 64 KB wait for it, and leaves (with Redis,
+    its signals come from the other process)."""
+    settings = {"queue_bytes": "64kb", "limit": "64kb", "direct_writes": False}
+    srv: Server | Pair
+    if broker == "memory":
+        srv = start_server(tmp_path, settings)
+    else:
+        srv = start_pair(tmp_path, request.getfixturevalue("redis_url"), settings)
+    try:
+        initiator = Peer.open(srv.url)
+        stuck = Peer.open(f"{srv.url}/{initiator.id}", rcvbuf=4096)
+        assert initiator.sse.next().event == "join"
+        payload = "z" * 20_000
+        for _ in range(200):  # 4 MB, far past 64 KB plus the socket buffers
+            status = initiator.post(srv.url, payload, cid=stuck.cid).status_code
+            if status == 404:  # cut already: no such peer any more
+                break
+            assert status == 200
+        leave = initiator.sse.next(timeout=10)
+        assert (leave.event, leave.json()["cid"]) == ("leave", stuck.cid)
+        assert srv.stats()["overflows"] == 1
+        stuck.close()
+        initiator.close()
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_streams_stay_below_worker_connections_so_posts_get_through(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
     # 20 connections: 18 may be streams, 2 stay free for POSTs.
-    srv = start_server(tmp_path, extra_args=["--worker-connections", "20"])
+    settings: dict[str, Any] = {}
+    if broker == "redis":
+        settings = {"broker_url": request.getfixturevalue("redis_url")}
+        settings["redis_prefix"] = f"w{free_port()}:"
+    srv = start_server(tmp_path, settings, extra_args=["--worker-connections", "20"])
     try:
         initiator = Peer.open(srv.url)
         peers = [Peer.open(f"{srv.url}/{initiator.id}") for _ in range(17)]
@@ -129,12 +188,16 @@ def test_streams_stay_below_worker_connections_so_posts_get_through(tmp_path: Pa
         srv.stop()
 
 
-def test_max_swarms_per_process(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, {"max_swarms": 1})
+@pytest.mark.parametrize("broker", ["memory", "redis"])
+def test_max_swarms_per_process(
+    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+) -> None:
+    srv = serve(tmp_path, request, broker, {"max_swarms": 1})
     try:
         first = Peer.open(srv.url)
         with SSE.open(srv.url) as second:
             assert second.status == 503 and second.headers["retry-after"] == "5"
+            assert second.headers["content-type"] == "application/json"
         first.close()
     finally:
         srv.stop()

@@ -162,12 +162,44 @@ def test_a_dead_process_peer_that_does_not_come_back_leaves_after_its_grace(
     a, b = make(resume_grace=grace, **REAPED_FAST), make(resume_grace=grace, **REAPED_FAST)
     m1, s1, m2, _ = swarm(a, b)
     b.halt()
+    died = time.monotonic()
     wait_until(lambda: in_grace(a, m2), timeout=10)
     reaped = time.monotonic()
+    # Within the documented reaping bound (plus scheduling slack on a busy machine).
+    bound = REAPED_FAST["peer_ttl"] + REAPED_FAST["heartbeat_interval"]
+    assert reaped - died <= bound + 0.5, reaped - died
     assert event_of(s1, timeout=10) == ("leave", {"id": m1.id, "cid": m2.cid})
     assert time.monotonic() - reaped >= grace - 0.5  # the grace, not the reap, made it leave
     assert_quiet(s1, 1.0)  # once
     assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN
+
+
+def test_the_reapers_lock_is_released_after_each_attempt(make: Factory) -> None:
+    """Held only while one process reaps, failed attempts included, so that the next
+    attempt of any process is not turned away for the rest of the interval."""
+    a = make(**REAPED_FAST)
+    client = redis.Redis.from_url(a.url)
+    lock = a.keys.reaper
+    wait_until(lambda: a.liveness._serving_since is not None, timeout=5)
+    gevent.sleep(REAPED_FAST["peer_ttl"])  # serving long enough to reap
+    held: list[bytes | None] = []
+    real = a.liveness._reap
+
+    def failing() -> int:
+        held.append(client.get(lock))
+        raise redis.RedisError("lost halfway")
+
+    a.liveness._reap = failing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(redis.RedisError):
+            a.liveness.reap()
+    finally:
+        a.liveness._reap = real  # type: ignore[method-assign]
+    # It ran under the lock (the reaper greenlet may have tried meanwhile too)...
+    assert held and set(held) == {a.process.encode()}
+    assert client.get(lock) is None  # ...released although it failed
+    a.liveness.reap()
+    assert client.get(lock) is None
 
 
 # -- channels ----------------------------------------------------------------------
