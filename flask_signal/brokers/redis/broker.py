@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import gevent
-import redis
 from redis import exceptions as rexc
 
 from ... import framing, signals
@@ -39,10 +38,11 @@ from .. import (
     token_digest,
 )
 from . import codec
-from .connection import make_pool, unavailable
+from .connection import connector, unavailable
 from .keys import Keys, decode
 from .listener import Listener, Timing, Topic
 from .liveness import Liveness
+from .mux import Mux, MuxClient
 from .once import Once
 from .resume import Draining, Numbered
 from .scripts import Scripts
@@ -88,7 +88,7 @@ class RedisBroker(Broker):
         peer_ttl: float = 6.0,
         swarm_ttl: float = 60.0,
         history_ttl: float = 86400.0,
-        max_connections: int = 10,
+        max_connections: int = 1,
         socket_timeout: float = 5.0,
         connect_timeout: float = 2.0,
         subscribe_timeout: float = 5.0,
@@ -109,16 +109,19 @@ class RedisBroker(Broker):
             ping_timeout=ping_timeout,
             max_backoff=max_backoff,
         )
-        self.pool = make_pool(
-            url,
-            max_connections=max_connections,
-            socket_timeout=socket_timeout,
-            connect_timeout=connect_timeout,
+        #: Makes a new connection: the listener's, and the multiplexed ones'.
+        self.connect = connector(
+            url, socket_timeout=socket_timeout, connect_timeout=connect_timeout
         )
-        self.redis = redis.Redis(connection_pool=self.pool)
+        #: Every command and script of this process, pipelined over
+        #: ``max_connections`` connections (1 to 3; the pub/sub one makes at most 4).
+        self.mux = Mux(
+            self.connect, timeout=socket_timeout, connections=min(max(max_connections, 1), 3)
+        )
+        self.redis = MuxClient(self.mux)
         self.scripts = Scripts()
         self.once = Once(
-            self.pool,
+            self.mux,
             self.scripts.settle,
             timeout=socket_timeout,
             settle_timeout=socket_timeout + 1,
@@ -166,7 +169,7 @@ class RedisBroker(Broker):
 
     def _new_listener(self) -> Listener:
         return Listener(
-            lambda: self.pool.connection_class(**self.pool.connection_kwargs),
+            self.connect,
             on_message=self._on_message,
             on_lost=self._on_lost,
             on_restored=self._on_restored,
@@ -222,7 +225,7 @@ class RedisBroker(Broker):
         self._numbered.clear()
         self._draining.clear()
         self.hub.peers.clear()
-        self.pool.disconnect()
+        self.mux.close()
 
     def reap(self) -> int:
         """Make the peers of processes whose heartbeat expired leave; returns how many."""

@@ -1,17 +1,16 @@
-"""Connections to Redis: the command pool, and how failures to reach Redis are reported."""
+"""Connections to Redis: how they are made, and how failures to reach Redis are reported."""
 
 from __future__ import annotations
 
+import functools
 import select
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import gevent.monkey
 import redis
 from redis import exceptions as rexc
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ...hub import counts
 from .. import BrokerUnavailable
@@ -30,8 +29,8 @@ except AttributeError:  # a platform without poll()
 def quick_check(base: type[Any]) -> type[Any]:
     """``base`` (a redis-py connection class) with a readiness check that skips the gevent hub.
 
-    The pool asks ``can_read()`` before handing out a connection, for every
-    command, and the pub/sub listener before every message. With hiredis that
+    The multiplexed connection asks ``can_read()`` before every read, and the
+    pub/sub listener before every message. With hiredis that
     is a ``select.poll``, which gevent's patching turns into a trip through the
     hub: about half the CPU of a command. With no timeout, the operating
     system's poll cannot block, so it is used directly. True means data or a
@@ -58,23 +57,19 @@ def quick_check(base: type[Any]) -> type[Any]:
     return QuickCheck
 
 
-def make_pool(
-    url: str, *, max_connections: int, socket_timeout: float, connect_timeout: float
-) -> redis.BlockingConnectionPool:
-    """A bounded pool of command connections for ``url``."""
-    pool = redis.BlockingConnectionPool.from_url(
+def connector(url: str, *, socket_timeout: float, connect_timeout: float) -> Callable[[], Any]:
+    """What makes a new, unconnected redis-py connection to ``url`` (any scheme redis-py
+    knows); ``socket_timeout`` is the longest a reply may take."""
+    # The pool only parses the URL: it never connects.
+    pool = redis.ConnectionPool.from_url(
         url,
-        max_connections=max_connections,
-        timeout=socket_timeout,  # how long a command waits for a free connection
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        # One retry: a pooled connection may predate a Redis restart.
-        retry=Retry(NoBackoff(), 1),
         # RESP2: pub/sub messages as plain replies, and any Redis since 2.6 speaks it.
         protocol=2,
     )
-    pool.connection_class = quick_check(pool.connection_class)
-    return pool
+    connection_class: Callable[..., Any] = quick_check(pool.connection_class)
+    return functools.partial(connection_class, **pool.connection_kwargs)
 
 
 @contextmanager

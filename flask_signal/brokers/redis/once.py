@@ -30,28 +30,25 @@ from redis import exceptions as rexc
 
 from .. import BrokerUnavailable, OutcomeUnknown, new_id
 from .connection import UNAVAILABLE
+from .mux import Mux, NotSent
 from .scripts import Script
 
 Arg = bytes | str | int | float
 
 
-class _NotSent(Exception):
-    """No connection could be had: the command never left this process."""
-
-
 class Once:
-    """Script calls over a redis-py connection pool, each operation applied at most once."""
+    """Script calls over a :class:`.Mux`, each operation applied at most once."""
 
     def __init__(
         self,
-        pool: Any,
+        mux: Mux,
         settle: Script,
         *,
         timeout: float = 5.0,
         settle_timeout: float = 6.0,
         remember: float = 120.0,
     ) -> None:
-        self.pool = pool
+        self.mux = mux
         self.settle_script = settle
         #: How long an operation is retried before it is settled.
         self.timeout = timeout
@@ -63,16 +60,14 @@ class Once:
     # -- calls -----------------------------------------------------------------------
 
     def read(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
-        """Run a script that changes nothing; retried once (a pooled connection may
+        """Run a script that changes nothing; retried once (the connection may
         predate a Redis restart)."""
         try:
             return self._evalsha(script, keys, args)
-        except (_NotSent, *UNAVAILABLE):
+        except UNAVAILABLE:
             pass
         try:
             return self._evalsha(script, keys, args)
-        except _NotSent as exc:
-            raise BrokerUnavailable(f"Redis unavailable: {exc.__cause__}") from exc
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"Redis unavailable: {exc}") from exc
 
@@ -92,8 +87,8 @@ class Once:
         while True:
             try:
                 return self._evalsha(script, full_keys, full_args)
-            except _NotSent as exc:
-                last: BaseException = exc.__cause__ or exc
+            except NotSent as exc:
+                last: BaseException = exc
                 failures += 1
                 if not maybe_sent and failures > 1:
                     # Nothing ever reached Redis: not applied, and no need to wait.
@@ -124,7 +119,7 @@ class Once:
             try:
                 reply = self._evalsha(self.settle_script, [op_key], [self.remember_ms])
                 break
-            except (_NotSent, *UNAVAILABLE):
+            except UNAVAILABLE:
                 if time.monotonic() + delay >= deadline:
                     raise OutcomeUnknown(
                         f"Redis did not answer: the {name} may or may not have taken effect"
@@ -140,22 +135,7 @@ class Once:
 
     def _evalsha(self, script: Script, keys: Sequence[Arg], args: Sequence[Arg]) -> Any:
         try:
-            conn = self.pool.get_connection()
-        except UNAVAILABLE as exc:
-            raise _NotSent(str(exc)) from exc
-        try:
-            try:
-                conn.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
-                return conn.read_response()
-            except rexc.NoScriptError:
-                # Redis lost its script cache (a restart): EVAL runs and caches it.
-                conn.send_command("EVAL", script.text, len(keys), *keys, *args)
-                return conn.read_response()
-        except rexc.ResponseError:
-            raise
-        except BaseException:
-            # The connection's state is unknown (an answer may still come): never reuse it.
-            conn.disconnect()
-            raise
-        finally:
-            self.pool.release(conn)
+            return self.mux.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except rexc.NoScriptError:
+            # Redis lost its script cache (a restart): EVAL runs and caches it.
+            return self.mux.call("EVAL", script.text, len(keys), *keys, *args)

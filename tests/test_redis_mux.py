@@ -1,0 +1,269 @@
+# ruff: noqa: F811 - pytest fixtures imported from redis_support are parameters here
+"""The multiplexed Redis connection (flask_signal.brokers.redis.mux) against a real Redis.
+
+Many greenlets share one connection: replies reach their own callers, a caller
+that gives up shifts nobody's reply, a lost connection fails what was written
+to it as "outcome unknown" and what was not as "not sent", and the next command
+connects again. A whole broker under load keeps to its few connections.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signal_module
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+import redis
+from redis import exceptions as rexc
+
+from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, OutcomeUnknown
+from flask_signal.brokers.redis import RedisBroker
+from flask_signal.brokers.redis.connection import connector
+from flask_signal.brokers.redis.mux import Mux, MuxClient, NotSent
+from flask_signal.hub import LocalHub, Stream
+
+from .broker_support import data_of, event_of, frame_of, stream
+from .redis_support import RedisServer, free_port, own_redis, prefix  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def make_mux(url: str, timeout: float = 3.0) -> Mux:
+    return Mux(connector(url, socket_timeout=timeout, connect_timeout=1.0), timeout=timeout)
+
+
+@pytest.fixture
+def mux(own_redis: RedisServer) -> Iterator[Mux]:
+    made = make_mux(own_redis.url)
+    yield made
+    made.close()
+
+
+def others(client: redis.Redis, *, besides: int) -> int:
+    """How many clients Redis has, this one and ``besides`` (an id) not counted."""
+    own = client.client_id()
+    return sum(1 for c in client.client_list() if int(c["id"]) not in (own, besides))
+
+
+def test_replies_reach_their_callers(own_redis: RedisServer, mux: Mux) -> None:
+    """Hundreds of greenlets at once, single commands and batches: each caller gets
+    its own replies, in its own order, over one connection."""
+    results: dict[int, list[Any]] = {}
+
+    def work(i: int) -> None:
+        got = results[i] = []
+        for n in range(5):
+            got.append(mux.call("ECHO", f"{i}:{n}"))
+            got.append(mux.call_many([("INCR", f"n:{i}"), ("ECHO", f"{i}!{n}"), ("GET", "none")]))
+
+    gevent.joinall([gevent.spawn(work, i) for i in range(300)], raise_error=True)
+    for i in range(300):
+        expected: list[Any] = []
+        for n in range(5):
+            expected += [f"{i}:{n}".encode(), [n + 1, f"{i}!{n}".encode(), None]]
+        assert results[i] == expected
+    assert mux.connects() == 1
+    assert others(redis.Redis.from_url(own_redis.url), besides=-1) == 1
+
+
+def test_error_replies_and_redis_py_commands(mux: Mux) -> None:
+    """An error reply is raised to its caller only; redis-py's commands and
+    pipelines parse replies as redis-py's client does."""
+    client = MuxClient(mux)
+    with pytest.raises(rexc.ResponseError):
+        mux.call("NOSUCHCOMMAND")
+    assert client.set("k", "v") is True
+    assert client.hset("h", mapping={"a": 1, "b": 2}) == 2
+    assert client.hgetall("h") == {b"a": b"1", b"b": b"2"}
+    pipe = client.pipeline(transaction=False)
+    pipe.set("k", "w", get=True)
+    pipe.hincrby("k", "x", 1)  # a hash command on a string: an error reply
+    pipe.exists("h")
+    assert mux.call_many([]) == []
+    with pytest.raises(rexc.ResponseError):
+        pipe.execute()
+    pipe.get("k")
+    pipe.hincrby("k", "x", 1)
+    got, error = pipe.execute(raise_on_error=False)
+    assert got == b"w" and isinstance(error, rexc.ResponseError)
+    assert mux.connects() == 1
+
+
+def test_a_caller_that_gives_up_shifts_no_reply(mux: Mux) -> None:
+    """A caller that stops waiting leaves its place in line: its reply, when it
+    comes, is dropped, and every later caller still gets its own."""
+    slow = gevent.spawn(mux.call, "BLPOP", "never", "1", timeout=0.2)  # answers after 1 s
+    gevent.sleep(0.05)
+    after = [gevent.spawn(mux.call, "ECHO", f"e{i}") for i in range(20)]
+    with pytest.raises(rexc.TimeoutError) as gave_up:
+        slow.get()
+    assert not isinstance(gave_up.value, NotSent)  # it was written: it may run
+    assert [g.get() for g in after] == [f"e{i}".encode() for i in range(20)]
+    assert mux.call("ECHO", "last") == b"last"
+    assert mux.connects() == 1
+
+
+def test_a_killed_connection_fails_what_it_carried(own_redis: RedisServer, mux: Mux) -> None:
+    """CLIENT KILL: a call in flight fails as "may have run" (not NotSent); the next
+    call connects again. A connection killed while idle is replaced before anything
+    is written to it, so that call does not fail at all."""
+    client = redis.Redis.from_url(own_redis.url)
+    first = mux.call("CLIENT", "ID")
+    waiting = gevent.spawn(mux.call, "BLPOP", "never", "5")
+    gevent.sleep(0.2)
+    assert client.client_kill_filter(_id=first) == 1
+    with pytest.raises(rexc.ConnectionError) as lost:
+        waiting.get(timeout=5)
+    assert not isinstance(lost.value, NotSent)
+    second = mux.call("CLIENT", "ID")
+    assert second != first and mux.connects() == 2
+
+    assert client.client_kill_filter(_id=second) == 1
+    gevent.sleep(0.1)
+    third = mux.call("CLIENT", "ID")
+    assert third not in (first, second) and mux.connects() == 3
+    assert others(client, besides=-1) == 1
+
+
+def test_nothing_to_connect_to_is_not_sent() -> None:
+    """No Redis at all: every caller learns at once that its command was not sent."""
+    mux = make_mux(f"redis://127.0.0.1:{free_port()}/0")
+    try:
+        calls = [gevent.spawn(mux.call, "PING") for _ in range(10)]
+        gevent.joinall(calls)
+        for call in calls:
+            assert isinstance(call.exception, NotSent)
+        assert mux.connections() == 0
+    finally:
+        mux.close()
+
+
+def _pause(server: RedisServer, seconds: float) -> threading.Thread:
+    """Stop Redis (SIGSTOP) for ``seconds``, from a thread."""
+    assert server.proc is not None
+    pid = server.proc.pid
+
+    def run() -> None:
+        os.kill(pid, signal_module.SIGSTOP)
+        try:
+            time.sleep(seconds)
+        finally:
+            os.kill(pid, signal_module.SIGCONT)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_redis_applies_nothing_twice(own_redis: RedisServer, prefix: str) -> None:
+    """Redis stopped for 2 s under a hundred concurrent publishes on one connection:
+    each is reported applied (and is in the history once), failed (and is not), or
+    unknown (and is there at most once)."""
+    broker = RedisBroker(
+        own_redis.url, hub=LocalHub(), prefix=prefix, socket_timeout=0.5, history_size=10_000
+    )
+    broker.start()
+    try:
+        broker.publish(["s"], "warm-up")
+        outcomes: dict[str, str] = {}
+
+        def publish(n: int) -> None:
+            gevent.sleep(n * 0.01)
+            try:
+                broker.publish(["s"], f"p{n}")
+                outcomes[f"p{n}"] = "applied"
+            except OutcomeUnknown:
+                outcomes[f"p{n}"] = "unknown"
+            except BrokerUnavailable:
+                outcomes[f"p{n}"] = "failed"
+
+        pause = _pause(own_redis, 2.0)
+        gevent.joinall([gevent.spawn(publish, n) for n in range(100)], raise_error=True)
+        pause.join()
+        history = Counter(data_of(frame) for frame in broker.channel_history("s").frames)
+        for name, outcome in outcomes.items():
+            if outcome == "applied":
+                assert history[name] == 1, name
+            elif outcome == "failed":
+                assert history[name] == 0, name
+            else:
+                assert history[name] <= 1, name
+        assert max(history.values()) == 1
+        assert "applied" in outcomes.values()  # some before or after the stall
+        assert set(outcomes.values()) != {"applied"}  # and some caught in it
+    finally:
+        broker.close()
+
+
+def test_one_worker_keeps_to_four_connections(own_redis: RedisServer, prefix: str) -> None:
+    """Hundreds of greenlets subscribe, then join, signal and publish at once through
+    one broker:
+    Redis sees at most four connections from it, and every operation does what it
+    should."""
+    broker = RedisBroker(own_redis.url, hub=LocalHub(), prefix=prefix, history_size=1000)
+    broker.start()
+    watcher = redis.Redis.from_url(own_redis.url)
+    seen: list[int] = []
+    sampling = True
+
+    def sample() -> None:
+        while sampling:
+            seen.append(others(watcher, besides=-1))
+            gevent.sleep(0.005)
+
+    sampler = gevent.spawn(sample)
+    try:
+        initiators: list[tuple[Membership, Stream]] = []
+
+        def create() -> None:
+            s = stream()
+            initiators.append((broker.create_swarm(s), s))
+
+        gevent.joinall([gevent.spawn(create) for _ in range(10)], raise_error=True)
+        for member, s in initiators:
+            assert event_of(s) == ("connect", member.connect_data())
+        listeners = [stream() for _ in range(40)]
+        published: list[str] = []
+        delivered: list[Delivery] = []
+
+        def join_and_signal(n: int) -> None:
+            initiator, _ = initiators[n % 10]
+            peer = broker.join_swarm(initiator.id, stream())
+            assert peer is not None
+            delivered.append(
+                broker.signal(initiator.id, {"from": n}, cid=initiator.cid, token=peer.token)
+            )
+
+        def listen(n: int) -> None:
+            broker.subscribe(listeners[n], ["load"])
+
+        def publish(n: int) -> None:
+            published.append(broker.publish(["load"], n))
+
+        gevent.joinall([gevent.spawn(listen, n) for n in range(40)], raise_error=True)
+        work = [gevent.spawn(join_and_signal, n) for n in range(100)]
+        work += [gevent.spawn(publish, n) for n in range(100)]
+        gevent.joinall(work, raise_error=True)
+
+        assert delivered == [Delivery.OK] * 100
+        assert len(set(published)) == 100
+        for member, s in initiators:
+            events = Counter(event_of(s)[0] for _ in range(20))
+            assert events == {"join": 10, "signal": 10}, member.id
+        for s in listeners:
+            got = sorted(int(data_of(frame_of(s))) for _ in range(100))
+            assert got == list(range(100))
+        assert broker.mux.connects() == 1
+    finally:
+        sampling = False
+        sampler.join()
+        broker.close()
+    assert len(seen) >= 3
+    assert 2 <= max(seen) <= 4
