@@ -208,7 +208,8 @@ class Settings:
         factory=dict,
         check=_mapping,
         doc="extra keyword arguments for the broker (for Redis: `heartbeat_interval`, "
-        "`peer_ttl`, `swarm_ttl`, `history_ttl`, `max_connections`, ...)",
+        "`peer_ttl`, `swarm_ttl`, `history_ttl`, `max_connections` (pipelined command "
+        "connections, 1 to 3), ...)",
     )
     redis_prefix: str = setting(
         "signal:",
