@@ -174,6 +174,49 @@ def test_a_dead_process_peer_that_does_not_come_back_leaves_after_its_grace(
     assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN
 
 
+def test_a_resume_of_a_peer_another_process_still_holds_is_asked_to_come_back(
+    make: Factory,
+) -> None:
+    """Its process has not found the old stream lost yet: not refused for good (204) but
+    answered like an outage, and resumable once that process lets go."""
+    a, b = make(resume_grace=5), make(resume_grace=5)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    with pytest.raises(ResumeLater):
+        a.resume_swarm(handle, stream(), m1.id)
+    assert a.signal(m1.id, 1, cid=m2.cid) is Delivery.OK
+    assert event_of(s2) == ("signal", 1)  # still b's
+    s2.end("reset")
+    b.leave_swarm(m2, s2)
+    back = a.resume_swarm(handle, s3 := stream(), m1.id)
+    assert back is not None and back.cid == m2.cid
+    assert event_of(s3) == ("signal", 1)  # b had it queued, not known to be sent
+    assert_quiet(s1)
+
+
+def test_a_stalled_process_hands_over_peers_a_reaper_put_in_their_grace(
+    make: Factory,
+) -> None:
+    """b stops beating (a stall) and is reaped: its peer is put in its grace. When b
+    finds its heartbeat gone, it ends that stream without a leave, and the peer resumes."""
+    a, b = make(resume_grace=10, **REAPED_FAST), make(resume_grace=10, **REAPED_FAST)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    b.liveness.stop()
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    b.liveness.fence()  # what b's next heartbeat does on finding its own gone
+    assert ended(s2) == "replaced"
+    b.leave_swarm(m2, s2)  # b forgot it: nothing reaches Redis
+    assert in_grace(a, m2)
+    assert a.signal(m1.id, 1, cid=m2.cid) is Delivery.OK
+    back = a.resume_swarm(handle, s3 := stream(), m1.id)
+    assert back is not None and back.cid == m2.cid
+    assert event_of(s3) == ("signal", 1)
+    assert_quiet(s1, 0.5)  # no leave, no join
+
+
 def test_the_reapers_lock_is_released_after_each_attempt(make: Factory) -> None:
     """Held only while one process reaps, failed attempts included, so that the next
     attempt of any process is not turned away for the rest of the interval."""
