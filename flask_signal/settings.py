@@ -217,6 +217,30 @@ class Settings:
         doc="prefix of every Redis key and pub/sub topic (Redis brokers only)",
         cli=Option(("--redis-prefix",), "prefix of every Redis key and topic"),
     )
+    redis_swarm_log: int = setting(
+        1000,
+        check=_int(0),
+        doc="messages each swarm keeps in Redis (signals, joins, leaves...), from which a "
+        "process whose pub/sub connection was down catches up, each once and in order; "
+        "`0`: off (the format older versions understand, see the Redis page)",
+        cli=Option(
+            ("--redis-swarm-log",),
+            "messages each swarm keeps for pub/sub catch-up, 0 = off",
+            metavar="N",
+            parse=int,
+        ),
+    )
+    redis_swarm_log_bytes: int = setting(
+        "256kb",
+        check=parse_size,
+        doc="bytes each swarm's log keeps at most (its newest message always stays)",
+    )
+    redis_swarm_log_ttl: float = setting(
+        60.0,
+        check=_seconds,
+        doc="seconds a swarm's log outlives its last message; a pub/sub outage longer than "
+        "this, or than the log reaches back, ends the swarm's streams with a `retry:` hint",
+    )
     ping_interval: float = setting(
         15.0,
         check=_seconds,

@@ -61,6 +61,9 @@ def make_broker(settings: Settings, sender: Any) -> Broker:
     scheme = settings.broker_url.partition("://")[0].lower()
     if scheme in REDIS_SCHEMES:
         options.setdefault("prefix", settings.redis_prefix)
+        options.setdefault("swarm_log", settings.redis_swarm_log)
+        options.setdefault("swarm_log_bytes", settings.redis_swarm_log_bytes)
+        options.setdefault("swarm_log_ttl", settings.redis_swarm_log_ttl)
     return from_url(
         settings.broker_url,
         hub=LocalHub(),

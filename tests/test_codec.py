@@ -112,7 +112,9 @@ def test_scripts_publish_codec_messages(broker: RedisBroker, redis_url: str) -> 
     event_id = broker.publish(["news"], "text", event="up")
     broker.leave_swarm(m2)
     broker.leave_swarm(m1)
-    got = [codec.decode(m) for m in _messages(pubsub, 6)]
+    raw = _messages(pubsub, 6)
+    numbers = [codec.numbered(m)[0] for m in raw]
+    got = [codec.decode(codec.numbered(m)[1]) for m in raw]
     seq = int(event_id.rpartition("-")[2])
     assert got == [
         codec.Joined(m2.cid),
@@ -122,4 +124,41 @@ def test_scripts_publish_codec_messages(broker: RedisBroker, redis_url: str) -> 
         codec.Left(m2.cid),
         codec.Ended(m1.cid),
     ]
+    # Swarm messages are numbered in their swarm (the swarm log); channel events are not.
+    assert numbers == [1, 2, 3, 0, 4, 5]
+    assert raw[0] == codec.number(1, codec.joined(m2.cid))
+    # The log keeps the same bytes, and outlives the swarm whose end it records.
+    swarm_raw = [m for m in raw if codec.numbered(m)[0]]
+    assert client.lrange(broker.keys.swarm_log(m1.id), 0, -1) == swarm_raw
+    assert not client.exists(broker.keys.swarm(m1.id))
     pubsub.close()
+
+
+def test_without_the_swarm_log_messages_are_unnumbered(redis_url: str, prefix: str) -> None:
+    """``swarm_log=0``: the format of versions before the log, for rolling upgrades."""
+    broker = RedisBroker(redis_url, hub=LocalHub(), prefix=prefix, swarm_log=0)
+    broker.start()
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    try:
+        m1 = broker.create_swarm(stream())
+        pubsub.subscribe(broker.keys.swarm(m1.id))
+        pubsub.get_message(timeout=1)
+        m2 = broker.join_swarm(m1.id, stream())
+        assert m2 is not None
+        broker.signal(m1.id, "hi", token=m2.token)
+        assert _messages(pubsub, 2) == [
+            codec.joined(m2.cid),
+            codec.broadcast(framing.swarm_event("signal", "hi")),
+        ]
+        assert not client.exists(broker.keys.swarm_log(m1.id))
+    finally:
+        pubsub.close()
+        broker.close()
+
+
+def test_numbered_parses_what_log_lua_builds() -> None:
+    assert codec.numbered(codec.number(12, b"b\nx")) == (12, b"b\nx")
+    assert codec.numbered(b"b\nx") == (0, b"b\nx")
+    assert codec.numbered(b"#x b\nx") == (0, b"#x b\nx")
+    assert codec.decode(b"#3 j abc") is None  # what an older process makes of it

@@ -22,13 +22,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import gevent
+import gevent.event
 import pytest
 import redis
 
 from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, OutcomeUnknown
 from flask_signal.brokers.redis import RedisBroker, codec
 from flask_signal.errors import ResumeLater
-from flask_signal.hub import LocalHub, Stream
+from flask_signal.hub import ENDED, LocalHub, Stream
 
 from .broker_support import (
     assert_quiet,
@@ -37,6 +38,7 @@ from .broker_support import (
     event_of,
     frame_of,
     ids_of,
+    next_frame,
     stream,
     swarm,
     wait_until,
@@ -49,6 +51,9 @@ Factory = Callable[..., RedisBroker]
 
 #: What once.lua adds to a state-changing script: GET and SET of its operation key.
 ONCE = {"get": 1, "set": 1}
+#: What log.lua adds to a script that publishes on a swarm's topic: the swarm's message
+#: number and log bytes, the log entry and its expiry (inside the same script).
+LOG = {"hincrby": 2, "rpush": 1, "pexpire": 1}
 
 
 @pytest.fixture
@@ -466,6 +471,116 @@ def test_channels_catch_up_after_a_pubsub_reconnection(
     assert event_of(s1) == event_of(s2) == ("signal", "still")
 
 
+class _Gate:
+    """Holds a broker's pub/sub reconnection until opened: a gap of a known extent."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.make = broker.listener.connection
+        self.open = gevent.event.Event()
+        broker.listener.connection = self._connection
+
+    def _connection(self) -> Any:
+        self.open.wait()
+        return self.make()
+
+    def cut(self, url: str) -> None:
+        """Kill the broker's pub/sub connection (CLIENT KILL ID), as Redis kills a slow
+        subscriber, and wait until the broker knows."""
+        conn = self.broker.listener.conn
+        assert conn is not None and conn._sock is not None
+        port = conn._sock.getsockname()[1]
+        client = redis.Redis.from_url(url)
+        (found,) = [c for c in client.client_list(_type="pubsub") if c["addr"].endswith(f":{port}")]
+        assert client.client_kill_filter(_id=found["id"]) == 1
+        wait_until(lambda: not self.broker.stats()["pubsub_connected"])
+
+    def close(self) -> None:
+        self.open.set()
+        wait_until(lambda: self.broker.stats()["pubsub_connected"])
+
+
+def test_swarm_messages_of_a_pubsub_gap_arrive_once_and_in_order(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    """b's pub/sub connection is killed and kept down while a signals (broadcast and
+    direct), b signals, and a peer joins and leaves: once b is back, its initiator and
+    peer get each of those exactly once, in order, before anything newer."""
+    a, b = make(own_redis.url), make(own_redis.url)
+    s1, s2, s3, s4 = stream(), stream(), stream(), stream()
+    m1 = b.create_swarm(s1)
+    m2 = b.join_swarm(m1.id, s2)
+    m3 = a.join_swarm(m1.id, s3)
+    assert m2 is not None and m3 is not None
+    for s in (s1, s2, s3):
+        event_of(s)  # connect
+    assert [event_of(s1)[1]["cid"] for _ in range(2)] == [m2.cid, m3.cid]
+    gate = _Gate(b)
+    gate.cut(own_redis.url)
+    to_initiator: list[tuple[str, Any]] = []
+    to_peer: list[tuple[str, Any]] = []
+    for i in range(5):
+        assert a.signal(m1.id, f"all{i}", token=m3.token) is Delivery.OK
+        to_initiator.append(("signal", f"all{i}"))
+        to_peer.append(("signal", f"all{i}"))
+        assert a.signal(m1.id, f"p{i}", cid=m2.cid, token=m3.token) is Delivery.OK
+        to_peer.append(("signal", f"p{i}"))
+        assert a.signal(m1.id, f"i{i}", cid=m1.cid, token=m3.token) is Delivery.OK
+        to_initiator.append(("signal", f"i{i}"))
+    assert b.signal(m1.id, "from b", token=m2.token) is Delivery.OK
+    to_initiator.append(("signal", "from b"))
+    to_peer.append(("signal", "from b"))
+    m4 = a.join_swarm(m1.id, s4)
+    assert m4 is not None
+    to_initiator.append(("join", {"id": m1.id, "cid": m4.cid}))
+    assert a.signal(m1.id, "with 4", token=m4.token) is Delivery.OK
+    to_initiator.append(("signal", "with 4"))
+    to_peer.append(("signal", "with 4"))
+    a.leave_swarm(m4)
+    to_initiator.append(("leave", {"id": m1.id, "cid": m4.cid}))
+    assert_quiet(s1, 0.2)  # nothing came through the gap
+    assert_quiet(s2, 0)
+    gate.close()
+    assert a.signal(m1.id, "after", token=m3.token) is Delivery.OK
+    to_initiator.append(("signal", "after"))
+    to_peer.append(("signal", "after"))
+    assert [event_of(s1) for _ in to_initiator] == to_initiator
+    assert [event_of(s2) for _ in to_peer] == to_peer
+    assert_quiet(s1)
+    assert_quiet(s2, 0)
+    assert s1.end_reason is None and s2.end_reason is None
+    # a's peer, whose process had no gap, got the broadcasts once too.
+    assert [event_of(s3)[1] for _ in range(7)] == [
+        *(f"all{i}" for i in range(5)),
+        "from b",
+        "with 4",
+    ]
+    assert event_of(s3) == ("signal", "after")
+    assert_quiet(s3, 0)
+
+
+def test_a_gap_longer_than_the_swarm_log_ends_streams_with_retry(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    """More messages missed than a swarm's log keeps: the gapped process's streams of
+    that swarm end with a ``retry:`` hint (the peers leave), never a silent gap."""
+    a, b = make(own_redis.url, swarm_log=3), make(own_redis.url, swarm_log=3)
+    m1, s1, m2, s2 = swarm(b, a)  # the initiator on b, the peer on a
+    gate = _Gate(b)
+    gate.cut(own_redis.url)
+    for i in range(5):
+        assert a.signal(m1.id, i, token=m2.token) is Delivery.OK
+    assert [event_of(s2)[1] for _ in range(5)] == list(range(5))
+    gate.close()
+    frames = []
+    while (frame := next_frame(s1, 5)) != ENDED:
+        assert frame is not None
+        frames.append(frame)
+    assert s1.end_reason == "gap"
+    assert frames and frames[-1].startswith(b":") and b"\nretry: " in frames[-1]
+    assert not any(b"event: signal" in frame for frame in frames)
+
+
 def test_a_stall_ends_no_stream_and_reaps_no_peer(own_redis: RedisServer, make: Factory) -> None:
     """Redis paused longer than the heartbeats' TTL and the listener's PING timeout:
     afterwards every swarm and stream is still there and works."""
@@ -544,10 +659,10 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
 
     assert sent(lambda: b.swarm_exists(m1.id)) == {"exists": 1}
     direct = sent(lambda: b.signal(m1.id, "hi", cid=m1.cid, token=m2.token))
-    assert direct == {"evalsha": 1, "hmget": 1, "publish": 1, **ONCE}
+    assert direct == {"evalsha": 1, "hmget": 1, "publish": 1, **ONCE, **LOG}
     assert event_of(s1) == ("signal", "hi")
     broadcast = sent(lambda: a.signal(m1.id, "all", token=m1.token))
-    assert broadcast == {"evalsha": 1, "hmget": 1, "publish": 1, **ONCE}
+    assert broadcast == {"evalsha": 1, "hmget": 1, "publish": 1, **ONCE, **LOG}
     assert event_of(s1) == event_of(s2) == ("signal", "all")
     refused = sent(lambda: b.signal(m1.id, "x", token="wrong"))
     assert refused == {"evalsha": 1, "hmget": 1, **ONCE}
@@ -573,6 +688,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "sadd": 1,
         "publish": 1,
         **ONCE,
+        **LOG,
     }
     m3 = joined[0]
     assert m3 is not None
@@ -585,6 +701,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "hdel": 1,
         "publish": 1,
         **ONCE,
+        **LOG,
     }
     assert event_of(s1) == ("leave", {"id": m1.id, "cid": m3.cid})
     # b still holds m2's stream: its topic stays, nothing but the script is sent.
@@ -595,6 +712,7 @@ def test_commands_per_operation(own_redis: RedisServer, make: Factory) -> None:
         "sadd": 1,
         "publish": 1,
         **ONCE,
+        **LOG,
     }
 
     assert sent(lambda: a.publish(["c"], 1)) == {
@@ -647,6 +765,11 @@ class _Observer(threading.Thread):
         self.join(10)
         self.pubsub.close()
         return self.messages
+
+
+def _decoded(payload: bytes) -> codec.Message | None:
+    """A pub/sub message, numbered (swarm log) or not."""
+    return codec.decode(codec.numbered(payload)[1])
 
 
 def _pause(server: RedisServer, seconds: float, after: float) -> threading.Thread:
@@ -714,7 +837,7 @@ def test_a_stalled_redis_applies_nothing_twice(
         if ended_at is None and not pauser.is_alive():
             ended_at = time.monotonic()
     gevent.sleep(1)
-    messages = [codec.decode(m) for m in observer.stop()]
+    messages = [_decoded(m) for m in observer.stop()]
     published = Counter(data_of(m.frame) for m in messages if isinstance(m, codec.Event))
     signalled = Counter(
         json.loads(m.frame.decode().split("data: ")[1])
@@ -759,7 +882,8 @@ def test_an_operation_runs_once_however_often_it_is_sent(make: Factory) -> None:
     key = a.keys.swarm(m1.id)
 
     def send(script: Any, op: bytes, args: list[Any]) -> Any:
-        return client.eval(script.text, 2, key, op, *args, 60_000)
+        log = a.keys.swarm_log(m1.id)
+        return client.eval(script.text, 3, key, log, op, *args, *a._log_bounds, 60_000)
 
     op = key + b":op:copy"
     frame = codec.broadcast(b"event: signal\ndata: 1\n\n")
@@ -792,5 +916,5 @@ def test_an_unanswered_settle_reports_the_outcome_unknown(
         a.signal(m1.id, "maybe")
     pauser.join()
     gevent.sleep(1)
-    sent = [m for m in map(codec.decode, observer.stop()) if isinstance(m, codec.Broadcast)]
+    sent = [m for m in map(_decoded, observer.stop()) if isinstance(m, codec.Broadcast)]
     assert len(sent) <= 1

@@ -21,7 +21,7 @@ from redis import exceptions as rexc
 
 from ... import framing, signals
 from ...errors import ResumeLater, SwarmFull
-from ...hub import Stream, counts
+from ...hub import Stream, counts, end_with_retry
 from .. import (
     Broker,
     BrokerUnavailable,
@@ -55,6 +55,9 @@ PRESENCE_REFRESH = 60.0
 #: How long a resume waits for the previous process of a peer to hand Redis the
 #: frames that were on their way to it (ms); past it, the resume goes ahead.
 DRAINING_MS = 2000
+#: Seconds over which the streams of a swarm whose log no longer reaches back to a pub/sub
+#: outage spread their reconnections.
+GAP_SPREAD = 3.0
 
 
 class _Pending:
@@ -75,6 +78,9 @@ class RedisBroker(Broker):
     peers linger (at most ``peer_ttl + heartbeat_interval``); ``swarm_ttl`` is
     how long a swarm outlives every process that could clean it up;
     ``history_ttl`` how long a channel's history outlives its last publish.
+    ``swarm_log`` messages (at most ``swarm_log_bytes``) of each swarm stay in Redis
+    for ``swarm_log_ttl`` seconds after its last one, for the processes whose pub/sub
+    connection was down meanwhile (``0``: no log, see :mod:`.codec`).
     """
 
     schemes = ("redis", "rediss", "unix")
@@ -95,6 +101,9 @@ class RedisBroker(Broker):
         ping_interval: float = 5.0,
         ping_timeout: float = 3.0,
         max_backoff: float = 5.0,
+        swarm_log: int = 1000,
+        swarm_log_bytes: int = 256 * 1024,
+        swarm_log_ttl: float = 60.0,
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -102,6 +111,9 @@ class RedisBroker(Broker):
         self.keys = Keys(prefix)
         self.prefix = prefix
         self.history_ttl = history_ttl
+        self.swarm_log = swarm_log
+        #: What ``log.lua`` takes off the end of ARGV.
+        self._log_bounds = (swarm_log, swarm_log_bytes, int(swarm_log_ttl * 1000))
         self.timing = Timing(
             connect_timeout=connect_timeout,
             subscribe_timeout=subscribe_timeout,
@@ -162,6 +174,11 @@ class RedisBroker(Broker):
         #: Peers detached here whose "detached" message has not come back, by (swarm, cid).
         self._draining: dict[tuple[str, str], Draining] = {}
         self._grace_loop: gevent.Greenlet[Any, Any] | None = None
+        #: The number of the last swarm log message applied here, by swarm with local
+        #: peers; and where a swarm's local peers came in (their own join's message, or 0
+        #: at its creation), the point to catch up from while none was applied.
+        self._applied: dict[str, int] = {}
+        self._came_in: dict[str, int] = {}
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisBroker:
@@ -297,6 +314,7 @@ class RedisBroker(Broker):
                 break
             self.listener.release([key])  # 128-bit id collision: never in practice
         stream.swarm_id, stream.cid = member.id, member.cid
+        self._came_in[member.id] = 0
         self.swarms.add_initiator(member.id, member.cid, stream)
         self.hub.peers[member.cid] = stream
         if resume_key:
@@ -324,7 +342,12 @@ class RedisBroker(Broker):
         try:
             joined = self.once.run(
                 self.scripts.join,
-                [key, self.keys.proc_peers(self.process), self.keys.grace_set(swarm_id)],
+                [
+                    key,
+                    self.keys.proc_peers(self.process),
+                    self.keys.grace_set(swarm_id),
+                    self.keys.swarm_log(swarm_id),
+                ],
                 [
                     member.cid,
                     token_digest(member.token),
@@ -337,6 +360,7 @@ class RedisBroker(Broker):
                         framing.swarm_event("join", {"id": swarm_id, "cid": member.cid})
                     ),
                     *([token_digest(resume_key)] if resume_key else []),
+                    *self._log_bounds,
                 ],
             )
         except OutcomeUnknown:
@@ -345,18 +369,21 @@ class RedisBroker(Broker):
             self.swarms.unrecorded.append((swarm_id, member.cid))
             raise
         finally:
-            if joined != 1:
+            if joined <= 0:
                 self.swarms.forget_joining(member.cid)
                 self._numbered.pop(member.cid, None)
                 self.hub.peers.pop(member.cid, None)
                 stream.swarm_id = stream.cid = None
                 self.listener.release([key])
+                self._untrack(swarm_id)
         if joined == -1:
             raise SwarmFull(swarm_id)
         if not joined:
             return None
         if resume_key:
             self._index(resume_key, swarm_id, member.cid)
+        if self.swarm_log:
+            self._enter(swarm_id, int(joined))
         signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
         return member
 
@@ -382,6 +409,7 @@ class RedisBroker(Broker):
         self._numbered.pop(member.cid, None)
         self.hub.peers.pop(member.cid, None)
         self.listener.release([self.keys.swarm(member.id)])
+        self._untrack(member.id)
         for other in others:
             other.end("swarm closed")
         try:
@@ -415,8 +443,14 @@ class RedisBroker(Broker):
                 grace_digest,
                 *self._keeping(framing.swarm_event("leave", {"id": swarm_id, "cid": cid})),
             ]
+        args += self._log_bounds
         return (
-            [key, self.keys.proc_peers(process or self.process), self.keys.grace_set(swarm_id)],
+            [
+                key,
+                self.keys.proc_peers(process or self.process),
+                self.keys.grace_set(swarm_id),
+                self.keys.swarm_log(swarm_id),
+            ],
             args,
         )
 
@@ -453,8 +487,8 @@ class RedisBroker(Broker):
         digest = token_digest(token) if token is not None else ""
         code = self.once.run(
             self.scripts.signal,
-            [key, self.keys.grace_set(swarm_id)],
-            [digest, cid or "", key, message, *self._keeping(frame)],
+            [key, self.keys.grace_set(swarm_id), self.keys.swarm_log(swarm_id)],
+            [digest, cid or "", key, message, *self._keeping(frame), *self._log_bounds],
         )
         return Delivery(int(code))
 
@@ -468,7 +502,16 @@ class RedisBroker(Broker):
         return self.swarms.swarm_count()
 
     def _on_swarm(self, swarm_id: str, payload: bytes) -> None:
-        """A swarm's pub/sub message: deliver it to this process's peers of the swarm."""
+        """A swarm's pub/sub message: deliver it to this process's peers of the swarm.
+
+        A numbered message (swarm log on) is applied once: live, or from the log after
+        a pub/sub outage (see :meth:`_catch_up_swarms`), whichever comes first."""
+        if payload[:1] == b"#":
+            seq, payload = codec.numbered(payload)
+            if seq:
+                if seq <= self._applied.get(swarm_id, 0):
+                    return
+                self._applied[swarm_id] = seq
         message = codec.decode(payload)
         if isinstance(message, codec.Broadcast):
             peers = self.swarms.streams(swarm_id)
@@ -559,6 +602,7 @@ class RedisBroker(Broker):
         stream, _ = self.swarms.remove(swarm_id, cid, initiator=initiator)
         self._numbered.pop(cid, None)
         self.hub.peers.pop(cid, None)
+        self._untrack(swarm_id)
         log.info(
             "peer lost, may resume: swarm=%s cid=%s reason=%s grace=%ss",
             swarm_id,
@@ -594,6 +638,7 @@ class RedisBroker(Broker):
                     self.keys.draining(swarm_id, cid),
                     self.keys.resume(digest),
                     self.keys.grace,
+                    self.keys.swarm_log(swarm_id),
                 ],
                 [
                     cid,
@@ -608,6 +653,7 @@ class RedisBroker(Broker):
                     draining_ms,
                     process,
                     *frames,
+                    *self._log_bounds,
                 ],
             )
         )
@@ -620,6 +666,7 @@ class RedisBroker(Broker):
             self.hub.peers.pop(cid, None)
         if stream is not None:
             self.listener.release([self.keys.swarm(swarm_id)])
+            self._untrack(swarm_id)
         return stream
 
     def _taken_over(self, swarm_id: str, cid: str) -> None:
@@ -685,6 +732,7 @@ class RedisBroker(Broker):
             log.warning("could not add %d frames for %s's resume: %s", len(draining.late), cid, exc)
         finally:
             self.listener.release([self.keys.swarm(swarm_id)])
+            self._untrack(swarm_id)
 
     def resume_swarm(
         self, handle: str, stream: Stream, swarm_id: str | None = None
@@ -721,6 +769,7 @@ class RedisBroker(Broker):
                 self._numbered.pop(cid, None)
                 stream.swarm_id = stream.cid = None
                 self.listener.release([topic])
+                self._untrack(sid)
         if int(reply[0]) == 2:
             log.warning("peer cannot resume, frames lost: swarm=%s cid=%s", sid, cid)
             self._end_grace(sid, cid, digest)
@@ -730,7 +779,14 @@ class RedisBroker(Broker):
         if int(reply[0]) != 3:
             return None
         self._index(key, sid, cid)
-        total, initiator, frames = int(reply[1]), bool(int(reply[2])), list(reply[3:])
+        total, initiator, logged, frames = (
+            int(reply[1]),
+            bool(int(reply[2])),
+            int(reply[3]),
+            list(reply[4:]),
+        )
+        if logged:
+            self._enter(sid, logged)
         if initiator:
             self.swarms.add_peer(sid, cid, stream, initiator=True)
         self.hub.peers[cid] = stream
@@ -770,6 +826,7 @@ class RedisBroker(Broker):
                     self.keys.proc_peers(self.process),
                     self.keys.resume(digest),
                     self.keys.grace,
+                    self.keys.swarm_log(sid),
                 ],
                 [
                     cid,
@@ -780,6 +837,7 @@ class RedisBroker(Broker):
                     self.keys.swarm(sid),
                     codec.resumed(cid),
                     entry,
+                    *self._log_bounds,
                 ],
             )
             if int(reply[0]) != 1:
@@ -1111,6 +1169,7 @@ class RedisBroker(Broker):
         """A new pub/sub connection holds every topic again: channels catch up from
         their history, and swarms are checked against Redis, before any new message."""
         self._catch_up_channels()
+        self._catch_up_swarms()
         self._resync_swarms()
 
     def _history_lost(self) -> None:
@@ -1139,6 +1198,55 @@ class RedisBroker(Broker):
             self.hub.deliver(name, seq, frame)
         if collected:
             log.info("channels caught up: %d events from history", len(collected))
+
+    def _enter(self, swarm_id: str, seq: int) -> None:
+        """A local peer came in with the swarm log's message ``seq`` (its join or resume):
+        nothing before it concerns it, so a catch-up need not reach further back."""
+        self._came_in[swarm_id] = min(self._came_in.get(swarm_id, seq - 1), seq - 1)
+
+    def _untrack(self, swarm_id: str) -> None:
+        """Forget where a swarm's log stands once no local peer is left in it: its topic
+        may be released, and what it then misses concerns no one here."""
+        if not self.swarms.streams(swarm_id) and not self.swarms.joining(swarm_id):
+            self._applied.pop(swarm_id, None)
+            self._came_in.pop(swarm_id, None)
+
+    def _catch_up_swarms(self) -> None:
+        """Apply what the lost connection missed of each swarm with local peers, from its
+        log, in order and once each (newer live messages wait in the socket meanwhile).
+        If the log no longer reaches back, the swarm's local streams end with a
+        ``retry:`` hint: their clients come back (as new peers), rather than miss
+        signals, joins or leaves without knowing."""
+        if not self.swarm_log:
+            return
+        local = {swarm_id for swarm_id, _, _ in self.swarms.members()}
+        for table in (self._applied, self._came_in):
+            for swarm_id in [swarm_id for swarm_id in table if swarm_id not in local]:
+                del table[swarm_id]
+        applied = 0
+        for swarm_id in sorted(local):
+            after = self._applied.get(swarm_id, self._came_in.get(swarm_id))
+            if after is None:
+                continue  # came in while Redis was unsure (OutcomeUnknown): resync only
+            reply = self.once.read(
+                self.scripts.missed,
+                [self.keys.swarm(swarm_id), self.keys.swarm_log(swarm_id)],
+                [after],
+            )
+            if int(reply[0]):
+                log.warning(
+                    "swarm %s: messages lost in a pub/sub outage are no longer in its log;"
+                    " ending its streams here",
+                    swarm_id,
+                )
+                for stream in self.swarms.streams(swarm_id) + self.swarms.joining(swarm_id):
+                    end_with_retry(stream, "gap", GAP_SPREAD)
+                continue
+            for payload in reply[1:]:
+                self._on_swarm(swarm_id, payload)
+            applied += len(reply) - 1
+        if applied:
+            log.info("swarms caught up: %d messages from their logs", applied)
 
     def _resync_swarms(self) -> None:
         """Apply what the lost connection may have carried: joins confirmed, peers

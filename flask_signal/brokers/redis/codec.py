@@ -24,9 +24,20 @@ same bytes by every receiver. The event message is assembled inside the
 publish script (only it knows the sequence number); :func:`event` builds the
 same bytes and the tests hold the two to each other.
 
+With the swarm log on (``SIGNAL_REDIS_SWARM_LOG``), a message on a swarm's topic
+comes numbered: ``#<n> <message>``, ``n`` counting the swarm's messages from 1
+(:func:`numbered`). The same bytes are kept in the swarm's log in Redis, from
+which a process whose pub/sub connection was down reads what it missed; the
+number tells it which messages it already applied.
+
 The format is kept stable across releases, so that processes of two versions
 sharing one Redis (a rolling deploy) understand each other; a receiver ignores
-a kind it does not know (:func:`decode` returns ``None``).
+a kind it does not know (:func:`decode` returns ``None``). A process older than
+the swarm log therefore ignores numbered messages: its peers would miss the
+signals, joins and leaves that newer processes publish. Upgrade such a
+deployment with ``SIGNAL_REDIS_SWARM_LOG = 0`` (unnumbered messages, understood
+by both), then turn the log on; a process with the log on applies unnumbered
+messages as they come.
 """
 
 from __future__ import annotations
@@ -159,7 +170,22 @@ def drop() -> bytes:
     return b"r\n"
 
 
+def number(n: int, message: bytes) -> bytes:
+    """A numbered swarm message, as ``log.lua`` builds it."""
+    return b"#%d %s" % (n, message)
+
+
 # -- decoding ----------------------------------------------------------------------
+
+
+def numbered(payload: bytes) -> tuple[int, bytes]:
+    """A swarm message's number and the message it numbers; ``0`` and ``payload`` for an
+    unnumbered one (or a malformed number)."""
+    if payload[:1] != b"#":
+        return 0, payload
+    head, _, message = payload.partition(b" ")
+    number = head[1:]
+    return (int(number), message) if number.isdigit() else (0, payload)
 
 
 def decode(payload: bytes) -> Message | None:

@@ -43,6 +43,10 @@ class Keys:
         """A swarm's hash, and its topic."""
         return encode(f"{self.prefix}swarm:{{{swarm_id}}}")
 
+    def swarm_log(self, swarm_id: str) -> bytes:
+        """A swarm's latest pub/sub messages, numbered (list; see ``lua/log.lua``)."""
+        return self.swarm(swarm_id) + b":log"
+
     def grace_set(self, swarm_id: str) -> bytes:
         """A swarm's peers in their resume grace (set of cids)."""
         return self.swarm(swarm_id) + b":grace"

@@ -16,7 +16,7 @@ from importlib import resources
 #: Scripts that change state, run through :class:`~.once.Once`.
 CHANGING = ("create", "join", "leave", "signal", "publish", "detach", "seal", "resume")
 #: Scripts that only read, or settle an operation.
-PLAIN = ("replay", "settle")
+PLAIN = ("replay", "settle", "missed")
 
 
 def source(name: str) -> str:
@@ -28,11 +28,19 @@ def source(name: str) -> str:
 KEEPING = ("join", "leave", "signal")
 
 
+#: Scripts that publish on a swarm's topic through ``log.lua`` (the swarm log): the
+#: caller appends the log's key to KEYS and its bounds to ARGV (``RedisBroker._log_bounds``).
+LOGGING = ("join", "leave", "signal", "detach", "resume")
+
+
 def wrapped(name: str) -> str:
-    """A state-changing script inside ``once.lua`` (after ``keep.lua`` if it uses it)."""
+    """A state-changing script inside ``once.lua`` (after ``keep.lua`` and ``log.lua``
+    if it uses them)."""
     body = source(name)
     if name in KEEPING:
         body = source("keep") + body
+    if name in LOGGING:
+        body = source("log") + body
     return source("once").replace("--BODY--", body)
 
 
@@ -62,3 +70,4 @@ class Scripts:
         self.resume = Script("resume", wrapped("resume"))
         self.replay = Script("replay", source("replay"))
         self.settle = Script("settle", source("settle"))
+        self.missed = Script("missed", source("missed"))

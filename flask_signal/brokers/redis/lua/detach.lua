@@ -35,5 +35,5 @@ if redis.call('HGET', KEYS[1], 'i') == cid then
     redis.call('PEXPIRE', KEYS[1], grace + tonumber(ARGV[6]))
   end
 end
-redis.call('PUBLISH', ARGV[8], ARGV[9])
+publish(KEYS[1], ARGV[8], ARGV[9])
 return 1

@@ -1,4 +1,5 @@
--- Add a peer to a swarm and announce it. Returns 1, 0 if there is no such swarm, or -1 if
+-- Add a peer to a swarm and announce it. Returns the number of its "joined" message in
+-- the swarm log (log.lua; 1 with the log off), 0 if there is no such swarm, or -1 if
 -- it already holds max peers (its peers in their resume grace count).
 -- KEYS[1] the swarm hash, KEYS[2] this process's peer set, KEYS[3] the swarm's grace set.
 -- ARGV: cid, token digest, process, topic, peer entry, "joined" message (codec),
@@ -25,5 +26,4 @@ if ARGV[8] then
     keep(KEYS[1], initiator, ARGV[8], ARGV[9], ARGV[10])
   end
 end
-redis.call('PUBLISH', ARGV[4], ARGV[6])
-return 1
+return math.max(publish(KEYS[1], ARGV[4], ARGV[6]), 1)

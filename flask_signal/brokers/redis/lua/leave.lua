@@ -20,8 +20,8 @@ if initiator == cid then
     end
     redis.call('DEL', KEYS[3])
   end
+  publish(KEYS[1], ARGV[2], ARGV[5])  -- numbered by the hash, so before it goes
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[5])
   return 2
 end
 local digest = redis.call('HGET', KEYS[1], 'k:' .. cid)
@@ -34,5 +34,5 @@ end
 if ARGV[7] and ARGV[7] ~= '' and redis.call('SISMEMBER', KEYS[3], initiator) == 1 then
   keep(KEYS[1], initiator, ARGV[7], ARGV[8], ARGV[9])
 end
-redis.call('PUBLISH', ARGV[2], ARGV[4])
+publish(KEYS[1], ARGV[2], ARGV[4])
 return 1

@@ -1,7 +1,8 @@
 -- A peer in its grace comes back, on this process. Returns {0}: not resumable (unknown,
 -- another key, a position never sent); {1}: its previous process is still adding frames,
 -- ask again; {2}: frames it missed are gone (it must leave); or {3, number of its last
--- frame, 1 if it is the initiator, then the frames after the position it gave, in order}.
+-- frame, 1 if it is the initiator, the number of its "resumed" message in the swarm log
+-- (log.lua; 0 with the log off), then the frames after the position it gave, in order}.
 -- KEYS[1] the swarm hash, KEYS[2] the grace set, KEYS[3] its kept frames, KEYS[4] its
 -- queue, KEYS[5] its draining mark, KEYS[6] this process's peer set, KEYS[7] the resume
 -- index entry, KEYS[8] the grace deadlines.
@@ -25,7 +26,7 @@ redis.call('SREM', KEYS[2], cid)
 redis.call('DEL', KEYS[3], KEYS[4], KEYS[7])
 redis.call('ZREM', KEYS[8], ARGV[8])
 redis.call('SADD', KEYS[6], ARGV[5])
-local out = {3, total, redis.call('HGET', KEYS[1], 'i') == cid and 1 or 0}
+local logged = publish(KEYS[1], ARGV[6], ARGV[7])
+local out = {3, total, redis.call('HGET', KEYS[1], 'i') == cid and 1 or 0, logged}
 for i = seq - base + 1, #all do out[#out + 1] = all[i] end
-redis.call('PUBLISH', ARGV[6], ARGV[7])
 return out

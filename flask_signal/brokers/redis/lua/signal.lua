@@ -22,5 +22,5 @@ if frame and frame ~= '' then
     end
   end
 end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+publish(KEYS[1], ARGV[3], ARGV[4])
 return 200

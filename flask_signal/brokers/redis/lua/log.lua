@@ -1,0 +1,34 @@
+-- Shared by the scripts that publish on a swarm's topic; not run on its own.
+-- The caller appends the swarm's log key to KEYS, and the log's bounds (entries, bytes,
+-- ttl in ms) to ARGV; they are taken off here, so the script's own KEYS and ARGV stay
+-- as its header says. publish(hash, topic, message) returns the message's number, or 0
+-- with the log off (entries 0): the message is then published as it is.
+-- With the log on, the swarm's counter (field 'n' of its hash) numbers the message, which
+-- goes to the log (list; its bytes counted in 'nz') and to pub/sub as '#<n> <message>'
+-- (codec); the oldest entries go past either bound, the newest always stays.
+local LOG = table.remove(KEYS)
+local LOG_TTL = table.remove(ARGV)
+local LOG_BYTES = tonumber(table.remove(ARGV))
+local LOG_ENTRIES = tonumber(table.remove(ARGV))
+local function publish(hash, topic, message)
+  if LOG_ENTRIES <= 0 then
+    redis.call('PUBLISH', topic, message)
+    return 0
+  end
+  local n = redis.call('HINCRBY', hash, 'n', 1)
+  local entry = '#' .. n .. ' ' .. message
+  local length = redis.call('RPUSH', LOG, entry)
+  local bytes = #entry
+  if length == 1 then
+    redis.call('HSET', hash, 'nz', bytes)
+  else
+    bytes = redis.call('HINCRBY', hash, 'nz', bytes)
+  end
+  while length > 1 and (length > LOG_ENTRIES or bytes > LOG_BYTES) do
+    bytes = redis.call('HINCRBY', hash, 'nz', -#redis.call('LPOP', LOG))
+    length = length - 1
+  end
+  redis.call('PEXPIRE', LOG, LOG_TTL)
+  redis.call('PUBLISH', topic, entry)
+  return n
+end
