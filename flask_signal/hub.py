@@ -15,9 +15,12 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 import gevent
-from gevent.hub import Waiter
+from greenlet import getcurrent
 
 from .framing import PING
+
+#: What :attr:`Stream._waiter` holds once woken until its reader runs again.
+_WOKEN: Any = object()
 
 #: What :meth:`Stream.get` returns once the stream has ended.
 ENDED = b""
@@ -94,7 +97,7 @@ class Stream:
         #: server came back for more: how long a write has been stuck.
         self.writing = 0.0
         self._frames: list[bytes] | None = None
-        self._waiter: Waiter[Any] | None = None
+        self._waiter: Any = None  # the reader's greenlet while it waits, or _WOKEN
         self.kind = kind
         self.ended = False
         self.end_reason: str | None = None
@@ -130,7 +133,7 @@ class Stream:
             return False
         frames = self._frames
         if frames is None:
-            if self.direct and self._waiter is not None and not self.held:
+            if self.direct and self.waiting() and not self.held:
                 assert self.response is not None
                 if self.response.write_now(frame):
                     return True
@@ -165,7 +168,7 @@ class Stream:
         if self.ended:
             return
         if self._frames is None:
-            if self.direct and self._waiter is not None:
+            if self.direct and self.waiting():
                 assert self.response is not None
                 if self.response.write_now(frame):
                     self.end(reason)
@@ -178,14 +181,26 @@ class Stream:
         self.nbytes += len(frame)
         self.end(reason)
 
+    def waiting(self) -> bool:
+        """Whether the reader waits in :meth:`get` and nothing has woken it yet."""
+        waiter = self._waiter
+        return waiter is not None and waiter is not _WOKEN
+
     def wake(self) -> None:
         """Make a waiting :meth:`get` return, even with nothing queued."""
         waiter = self._waiter
-        if waiter is not None:
+        if waiter is not None and waiter is not _WOKEN:
             # Once per wake-up however many frames arrive meanwhile; the
             # switch itself must come from the event loop.
-            self._waiter = None
-            waiter.hub.loop.run_callback(waiter.switch, None)
+            self._waiter = _WOKEN
+            gevent.get_hub().loop.run_callback(self._resume, waiter)
+
+    def _resume(self, reader: Any) -> None:
+        # Only into the wait that was woken: ``_WOKEN`` is cleared as soon as
+        # the reader leaves get(), whether this switched it back or it was
+        # killed, so a late call never lands in any other wait of its greenlet.
+        if self._waiter is _WOKEN:
+            reader.switch(None)
 
     def end(self, reason: str = "closed") -> None:
         """End the stream: its reader gets :data:`ENDED` after the frames already queued."""
@@ -211,12 +226,14 @@ class Stream:
         if self._frames is None:
             if self.ended:
                 return ENDED
-            waiter = self._waiter = Waiter()
+            # The greenlet itself rather than a gevent Waiter: one object and
+            # one C frame less on the stack a parked greenlet keeps, per stream.
+            hub = gevent.get_hub()
+            self._waiter = getcurrent()
             try:
-                waiter.get()
+                hub.switch()
             finally:
-                if self._waiter is waiter:
-                    self._waiter = None
+                self._waiter = None
             if self._frames is None:
                 return ENDED if self.ended else None
         frames, self._frames = self._frames, None
