@@ -30,6 +30,21 @@ FIGURES: dict[str, tuple[str, str, bool]] = {
 REFERENCES = ("ceiling", "koa-signal", "memory")
 
 
+def warm(target: Target, server: Any, pin: bool) -> None:
+    """A swarm signal end to end before measuring: the server works and has served a request.
+
+    A gunicorn worker is forked before it imports the app (some 15 MB here): its RSS
+    read as the idle baseline before that would count the import as the streams'.
+    """
+    loop = Loop("127.0.0.1", server.port)
+    try:
+        scenarios.probe(
+            scenarios.Context(server, loop, "", pin, prefix=target.prefix), channel=False
+        )
+    finally:
+        loop.close()
+
+
 def own_generator(
     scenario: str, target: Target, server: Any, sizes: dict[str, Any], pin: bool
 ) -> dict[str, Any]:
@@ -74,6 +89,7 @@ def run_one(
             result: dict[str, Any] = {**base, "scenario": scenario}
             try:
                 if generator is not None:
+                    warm(target, server, pin)
                     out = loadgen.run(generator, scenario, server, target.prefix, sizes, pin=pin)
                 else:
                     out = own_generator(scenario, target, server, sizes, pin)
