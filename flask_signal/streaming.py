@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -131,19 +132,23 @@ def client_socket(environ: dict[str, Any]) -> socket.socket | None:
     return sock if isinstance(sock, socket.socket) else None
 
 
-def detect_dead_peers(sock: Any, timeout: float) -> None:
-    """Make the kernel find out within ``timeout`` seconds that the client is gone.
+#: The environ key by which a server says that its listening sockets carry the
+#: options :func:`detect_dead_peers` sets, for that timeout: Linux copies them
+#: to every socket it accepts, so a stream need not set them again (five
+#: system calls per stream saved).
+DEAD_PEER_ENV = "flask_signal.dead_peer_timeout"
 
-    A client that vanishes (a cable pulled, a laptop closed) sends nothing:
-    without keep-alive probes an idle stream would wait forever, and a write
-    sits in the send buffer for the kernel's retransmission timeout (some 15
-    minutes). Probes start after a third of ``timeout`` and three unanswered
-    ones (two ninths apart) fail the socket; ``TCP_USER_TIMEOUT`` fails it
-    when data stays unacknowledged that long. Either wakes the stream's read
-    watcher with ``ETIMEDOUT``. Options this platform lacks are skipped.
+
+@functools.cache
+def dead_peer_options(timeout: float) -> tuple[tuple[int, int, int], ...]:
+    """The socket options that find a vanished client within ``timeout`` seconds.
+
+    Probes start after a third of ``timeout`` and three unanswered ones (two
+    ninths apart) fail the socket; ``TCP_USER_TIMEOUT`` fails it when data
+    stays unacknowledged that long. Options this platform lacks are left out.
     """
     if timeout <= 0:
-        return
+        return ()
     idle = max(1, int(timeout / 3))
     interval = max(1, int((timeout - idle) / 3))
     options = [
@@ -153,10 +158,26 @@ def detect_dead_peers(sock: Any, timeout: float) -> None:
         (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), 3),
         (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), int(timeout * 1000)),
     ]
-    for level, option, value in options:
-        if option is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(level, option, value)
+    return tuple((level, option, value) for level, option, value in options if option is not None)
+
+
+def detect_dead_peers(sock: Any, timeout: float) -> bool:
+    """Make the kernel find out within ``timeout`` seconds that the client is gone.
+
+    A client that vanishes (a cable pulled, a laptop closed) sends nothing:
+    without keep-alive probes an idle stream would wait forever, and a write
+    sits in the send buffer for the kernel's retransmission timeout (some 15
+    minutes). With these options (:func:`dead_peer_options`) either wakes the
+    stream's read watcher with ``ETIMEDOUT``. ``sock`` may also be a listening
+    socket, whose accepted sockets inherit them. False if one could not be set.
+    """
+    done = True
+    for level, option, value in dead_peer_options(timeout):
+        try:
+            sock.setsockopt(level, option, value)
+        except OSError:
+            done = False
+    return done
 
 
 def cooperative() -> bool:
@@ -216,7 +237,11 @@ class EventStream(Iterator[bytes]):
         # gevent sockets wrap a non-blocking one: peeking at it never waits.
         self._sock: Any = getattr(sock, "_sock", sock)
         self._watcher = None
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        if (
+            sock is not None
+            and environ.get(DEAD_PEER_ENV) != dead_peer_timeout  # type: ignore[union-attr]
+            and sock.family in (socket.AF_INET, socket.AF_INET6)
+        ):
             detect_dead_peers(self._sock, dead_peer_timeout)
         if sock is not None:
             self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from gunicorn.sock import ssl_context
 from gunicorn.workers import ggevent
 
 from .http import HTTPServer, Request, ResponseInfo
+from .state import EXTENSION_KEY
+from .streaming import DEAD_PEER_ENV, detect_dead_peers
 
 __all__ = ["GeventWorker"]
 
@@ -62,6 +65,12 @@ def _trust_check(cfg: Any) -> Callable[[Any], bool]:
         return found
 
     return trusted
+
+
+def _dead_peer_timeout(app: Any) -> float:
+    """The dead-peer timeout of the flask_signal app served, 0 if there is none to be seen."""
+    state = getattr(app, "extensions", {}).get(EXTENSION_KEY)
+    return float(getattr(getattr(state, "settings", None), "dead_peer_timeout", 0.0) or 0.0)
 
 
 def _listener_info(sock: Any) -> tuple[str, str]:
@@ -143,6 +152,12 @@ class GeventWorker(ggevent.GeventWorker):  # type: ignore[misc]
 
     def run(self) -> None:
         self.http = http = self.make_server()
+        # Streams find vanished clients with TCP keep-alive options: set once on
+        # the listeners, which every accepted socket inherits, rather than per stream.
+        timeout = _dead_peer_timeout(self.wsgi)
+        inet = [sock for sock in self.sockets if sock.family in (socket.AF_INET, socket.AF_INET6)]
+        if timeout > 0 and inet and all(detect_dead_peers(sock, timeout) for sock in inet):
+            http.environ[DEAD_PEER_ENV] = timeout
         ssl_args = {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
         servers = []
         for sock in self.sockets:
