@@ -467,3 +467,61 @@ def test_a_peer_of_a_killed_worker_resumes_on_another_process(
     finally:
         client.close()
         pair.kill()
+
+
+def test_an_eventsource_whose_worker_is_killed_resumes_on_another_process(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """A WHATWG EventSource, through a proxy that sends its reconnection to the other
+    process once the worker it was on is killed: it comes back by itself (after a
+    `retry:` while the dead worker is not yet reaped) and gets every signal sent to it
+    from the reap on, once, in order."""
+    import redis
+
+    key_prefix = f"k9{uuid.uuid4().hex[:8]}:"
+    settings = {
+        "resume_grace": 15,
+        "retry_after": 1,
+        "redis_prefix": key_prefix,
+        "broker_options": {"heartbeat_interval": 1.0, "peer_ttl": 3.0},
+    }
+    pair = start_pair(tmp_path, redis_url, settings)
+    client = redis.Redis.from_url(redis_url)
+    a, b = pair.servers
+    proxy = CuttingProxy(b.port)
+    initiator = Peer.open(a.url)
+    node = node_process(f"http://127.0.0.1:{proxy.port}{b.prefix}/{initiator.id}")
+    try:
+        kind, data = read_row(node)
+        assert kind == "connect"
+        cid = data["cid"]
+        assert initiator.sse.next().json()["cid"] == cid
+        assert initiator.post(a.url, {"n": 0}, cid=cid).status_code == 200
+        assert read_row(node) == ["signal", {"n": 0}]
+        proxy.target = a.port  # where the browser's next connection lands
+        (worker,) = b.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        swarm_key = f"{key_prefix}swarm:{{{initiator.id}}}"
+        deadline = time.monotonic() + 10
+        while client.hget(swarm_key, f"g:{cid}") is None:
+            assert time.monotonic() < deadline, "the dead worker's peer was not reaped"
+            time.sleep(0.1)
+        for n in (1, 2):
+            assert initiator.post(a.url, {"n": n}, cid=cid).status_code == 200
+        got = []
+        while len(got) < 2:
+            row = read_row(node)
+            assert row[0] in ("open", "error", "signal"), row  # never "closed"
+            if row[0] == "signal":
+                got.append(row[1])
+        assert got == [{"n": 1}, {"n": 2}]
+        assert initiator.post(a.url, {"n": 3}, cid=cid).status_code == 200
+        assert read_row(node) == ["signal", {"n": 3}]
+        assert initiator.sse.quiet(0.5) == []  # no leave, no join
+    finally:
+        node.kill()
+        node.wait(5)
+        proxy.close()
+        client.close()
+        initiator.close()
+        pair.kill()
