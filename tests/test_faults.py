@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import requests
 
+from tests.servers import SIGNAL_WORKER
 from tests.support import SSE, Pair, Peer, Server, free_port, start_pair, start_server
 
 pytestmark = pytest.mark.single_process
@@ -162,22 +163,29 @@ def test_a_swarm_peer_is_bounded_in_unsent_bytes(
         srv.stop()
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize(
+    ("broker", "worker_class"),
+    [("memory", "gevent"), ("redis", "gevent"), ("memory", SIGNAL_WORKER)],
+    ids=["memory", "redis", "signal-worker"],
+)
 def test_streams_stay_below_worker_connections_so_posts_get_through(
-    tmp_path: Path, broker: str, request: pytest.FixtureRequest
+    tmp_path: Path, broker: str, worker_class: str, request: pytest.FixtureRequest
 ) -> None:
     # 20 connections: 18 may be streams, 2 stay free for POSTs.
     settings: dict[str, Any] = {}
     if broker == "redis":
         settings = {"broker_url": request.getfixturevalue("redis_url")}
         settings["redis_prefix"] = f"w{free_port()}:"
-    srv = start_server(tmp_path, settings, extra_args=["--worker-connections", "20"])
+    srv = start_server(
+        tmp_path, settings, worker_class=worker_class, extra_args=["--worker-connections", "20"]
+    )
     try:
         initiator = Peer.open(srv.url)
         peers = [Peer.open(f"{srv.url}/{initiator.id}") for _ in range(17)]
         with SSE.open(srv.url) as refused:
             assert refused.status == 503
             assert refused.headers["retry-after"] == "5"
+            assert refused.headers["content-type"] == "application/json"
         # A POST still gets a slot, and is delivered.
         assert initiator.post(srv.url, "still here").status_code == 200
         assert peers[-1].sse.next().json() == "still here"
