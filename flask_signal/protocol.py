@@ -15,7 +15,16 @@ from typing import Any
 
 from . import framing, signals
 from .brokers import Broker, BrokerUnavailable, Delivery, Membership
-from .errors import JSON, Answer, FlaskSignalError, Overloaded, Refusal, answer_for, error
+from .errors import (
+    JSON,
+    Answer,
+    BadRequest,
+    FlaskSignalError,
+    Overloaded,
+    Refusal,
+    answer_for,
+    error,
+)
 from .hub import Stream, counts, retry_frame, spread_retry
 from .parsing import (
     accepts_event_stream,
@@ -293,19 +302,30 @@ def join_swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str
 
 
 def post_signal(st: AppState, environ: dict[str, Any], swarm_id: str) -> Answer:
-    """Checks in the protocol's order: swarm, size, type, parse, token, data, cid."""
+    """Answers in the protocol's order: swarm, size, type, parse, token, data, cid.
+
+    The body is checked first and the broker's answer to the signal says whether
+    the swarm exists, so that a valid signal costs one call to the broker (one
+    round trip to Redis). Only a refused body asks whether the swarm exists, so
+    that 404 still comes before 413/415/400/401.
+    """
     broker = st.broker
-    if not broker.swarm_exists(swarm_id):
-        return error(404, "no such swarm")
-    body = read_body(
-        environ["wsgi.input"],
-        st.settings.limit,
-        content_length(environ.get("CONTENT_LENGTH")),
-        bool(environ.get("wsgi.input_terminated")),
-    )
-    fields = parse_body(environ.get("CONTENT_TYPE"), body)
+    try:
+        body = read_body(
+            environ["wsgi.input"],
+            st.settings.limit,
+            content_length(environ.get("CONTENT_LENGTH")),
+            bool(environ.get("wsgi.input_terminated")),
+        )
+        fields = parse_body(environ.get("CONTENT_TYPE"), body)
+    except BadRequest:
+        if not broker.swarm_exists(swarm_id):
+            return error(404, "no such swarm")
+        raise
     token = fields.get("token")
     if not isinstance(token, str) or not token:
+        if not broker.swarm_exists(swarm_id):
+            return error(404, "no such swarm")
         return error(401, "missing or invalid token")
     data = fields.get("data")
     if data is None:

@@ -20,8 +20,10 @@ from typing import Any
 import gevent
 import pytest
 import redis
+from flask import Flask
 from redis import exceptions as rexc
 
+from flask_signal import Signal
 from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, OutcomeUnknown
 from flask_signal.brokers.redis import RedisBroker
 from flask_signal.brokers.redis.connection import connector
@@ -267,3 +269,38 @@ def test_one_worker_keeps_to_four_connections(own_redis: RedisServer, prefix: st
         broker.close()
     assert len(seen) >= 3
     assert 2 <= max(seen) <= 4
+
+
+def test_a_signal_post_is_one_round_trip(own_redis: RedisServer, prefix: str) -> None:
+    """A valid POST to a swarm sends Redis one command (the signal script); only a
+    refused body asks whether the swarm exists, so that 404 still comes first."""
+    app = Flask("one-round-trip")
+    Signal(app, broker_url=own_redis.url, redis_prefix=prefix, ping_interval=0)
+    broker = app.extensions["signal_state"].broker
+    client = app.test_client()
+    watcher = redis.Redis.from_url(own_redis.url)
+    initiator = broker.create_swarm(stream())
+    url = f"/signal/{initiator.id}"
+
+    def sent(body: dict[str, Any], swarm: str = url) -> tuple[int, dict[str, int]]:
+        watcher.config_resetstat()
+        status = client.post(swarm, json=body).status_code
+        stats = watcher.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): int(s["calls"]) for name, s in stats.items()}
+        return status, {k: v for k, v in calls.items() if k not in ("info", "config|resetstat")}
+
+    try:
+        sent({"token": initiator.token, "data": 0})  # warm-up: the script is loaded
+        status, calls = sent({"token": initiator.token, "data": 1})
+        assert status == 200 and "exists" not in calls and calls["evalsha"] == 1
+        status, calls = sent({"token": "0" * 32, "data": 1})
+        assert status == 401 and "exists" not in calls
+        status, calls = sent({"token": initiator.token, "data": 1}, f"/signal/{'f' * 32}")
+        assert status == 404 and "exists" not in calls
+        status, calls = sent({"data": 1}, f"/signal/{'f' * 32}")
+        assert status == 404 and calls["exists"] == 1
+        status, calls = sent({"data": 1})
+        assert status == 401 and calls["exists"] == 1
+    finally:
+        broker.leave_swarm(initiator)
+        broker.close()

@@ -167,6 +167,20 @@ def test_status_table(hub: Server, pair: tuple[Peer, Peer]) -> None:
     cases = [
         # no such swarm, even with a body that is too large and of the wrong type
         ({"data": big, "headers": {"Content-Type": "text/plain"}}, "f" * 32, 404),
+        # no such swarm, whatever else is wrong with the body, or nothing
+        *(
+            (kwargs, "f" * 32, 404)
+            for kwargs in (
+                {"data": b"token=bad&data=1", "headers": {"Content-Type": "text/plain"}},
+                {"data": b"{nope", "headers": {"Content-Type": "application/json"}},
+                {"json": {"data": 1}},
+                {"json": {"token": "bad", "data": 1}},
+                {"json": {"token": token}},
+                {"json": {"token": token, "data": 1, "cid": "constructor"}},
+                {"json": {"token": token, "data": 1, "cid": "0" * 32}},
+                {"json": {"token": token, "data": 1}},
+            )
+        ),
         # too large, even with the wrong type
         ({"data": big, "headers": {"Content-Type": "text/plain"}}, sid, 413),
         # wrong or missing Content-Type, even with a bad token
