@@ -613,6 +613,40 @@ def test_a_flushed_history_ends_channel_streams(own_redis: RedisServer, make: Fa
     assert ended(ch) == "broker unavailable"
 
 
+def test_history_lost_while_the_pubsub_link_was_down_ends_channel_streams(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    """Redis restarted empty while a process's pub/sub link was down, and events of the
+    new epoch published before the link is back: the catch-up must see that the
+    history its streams had is gone, and end them (their clients resume and are told),
+    not take the new epoch's numbers for ones already delivered. The stream subscribed
+    before any event, so the process learnt the epoch from live events only."""
+    a, b = make(own_redis.url), make(own_redis.url)
+    ch = stream()
+    a.subscribe(ch, ["r"])
+    for i in range(3):
+        b.publish(["r"], i)
+    for _ in range(3):
+        frame_of(ch)
+    gate = gevent.event.Event()
+    connection = a.listener.connection
+
+    def gated() -> Any:
+        gate.wait()  # the link stays down until the new epoch's events are published
+        return connection()
+
+    a.listener.connection = gated  # type: ignore[method-assign]
+    client = redis.Redis.from_url(own_redis.url)
+    subscriber = next(c for c in client.client_list() if int(c["sub"]) >= 1)  # a's listener
+    client.client_kill_filter(_id=subscriber["id"])
+    wait_until(lambda: not a.stats()["pubsub_connected"])
+    client.flushall()
+    for i in range(5):
+        b.publish(["r"], f"new {i}")  # sequence numbers 1 to 5 of a new epoch
+    gate.set()
+    assert ended(ch) == "broker unavailable"
+
+
 # -- round trips -------------------------------------------------------------------
 
 

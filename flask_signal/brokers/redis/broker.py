@@ -1140,6 +1140,12 @@ class RedisBroker(Broker):
             return
         if message.seq < self._heard:
             self._history_lost()
+        elif self._epoch is None:
+            # The epoch of what streams were given, for a catch-up to resume from: a
+            # process whose streams subscribed before the first event learns it here.
+            parts = split_event_id(message.id)
+            if parts is not None and parts[1] == message.seq:
+                self._epoch = parts[0]
         self._heard = message.seq
         for pending in self._pending.get(channel, ()):
             pending.events[message.seq] = message.frame
