@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -398,6 +399,16 @@ class RedisServer:
     def stop(self) -> None:
         self.kill()
 
+    def pause(self) -> None:
+        """Stop the process (``SIGSTOP``): connections stay open, nothing is answered."""
+        assert self.proc is not None
+        self.proc.send_signal(os_signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process go on (``SIGCONT``)."""
+        assert self.proc is not None
+        self.proc.send_signal(os_signal.SIGCONT)
+
     def kill(self) -> None:
         """Stop it the hard way (``SIGKILL``), as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
@@ -575,3 +586,82 @@ def install_node_modules() -> Path:
 def node_modules() -> Path:
     """tests/compat/node_modules, installed if need be (see :func:`install_node_modules`)."""
     return install_node_modules()
+
+
+class EventSources:
+    """WHATWG EventSources in one Node process (``tests/compat/eventsource_lines.js``,
+    the ``eventsource`` package): opened and closed on command, every event, open and
+    error kept as a record (a dict, in the order they came, with ``at``: when it came,
+    on :func:`time.monotonic`'s clock)."""
+
+    def __init__(self, node_modules: Path) -> None:
+        node = shutil.which("node")
+        assert node is not None  # the node_modules fixture fails or skips without it
+        self.proc = subprocess.Popen(
+            [node, str(COMPAT / "eventsource_lines.js")],
+            cwd=node_modules.parent,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.records: list[dict[str, Any]] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            record = json.loads(line)
+            record["at"] = time.monotonic()  # when it was read, on the test's clock
+            self.records.append(record)  # one writer: list.append is atomic
+
+    def open(self, name: str, url: str, events: Sequence[str] = ()) -> None:
+        """Open an EventSource named ``name`` on ``url``, listening to ``events`` too
+        (``message`` always)."""
+        self._send({"open": name, "url": url, "events": list(events)})
+
+    def close(self, name: str) -> None:
+        self._send({"close": name})
+
+    def _send(self, command: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def of(self, source: str, **match: Any) -> list[dict[str, Any]]:
+        """The records of ``source`` that have every item of ``match``."""
+        return [
+            r
+            for r in list(self.records)
+            if r.get("source") == source and match.items() <= r.items()
+        ]
+
+    def events(self, source: str, event: str = "message") -> list[dict[str, Any]]:
+        return self.of(source, type="event", event=event)
+
+    def wait_for(self, source: str, timeout: float = 20, **match: Any) -> dict[str, Any]:
+        """The first record of ``source`` like ``match``, waiting up to ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.of(source, **match)):
+            assert self.proc.poll() is None, f"node exited with {self.proc.returncode}"
+            assert time.monotonic() < deadline, f"no {match} from {source}: {self.story(source)}"
+            time.sleep(0.05)
+        return found[0]
+
+    def story(self, source: str) -> list[dict[str, Any]]:
+        """What befell ``source``: opens, errors and events other than data, and its last
+        ten records."""
+        records = self.of(source)
+        data = {"message", "signal"}
+        return [r for r in records[:-10] if r.get("event") not in data] + records[-10:]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # the script closes every EventSource and exits
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._reader.join(5)

@@ -4,15 +4,19 @@ their bound, swarms and workers at capacity, senders that lie about who they are
 
 from __future__ import annotations
 
+import json
 import re
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.servers import SIGNAL_WORKER
+from tests.servers import SIGNAL_WORKER, EventSources, RedisServer
 from tests.support import SSE, Pair, Peer, Server, free_port, start_pair, start_server
 
 pytestmark = pytest.mark.single_process
@@ -418,3 +422,290 @@ def test_lifecycle_log_lines(caplog: pytest.LogCaptureFixture) -> None:
         m.startswith("stream ended: kind=swarm") and m.endswith("reason=closed") for _, m in lines
     ), lines
     assert ("INFO", "draining: 0 streams end with a retry hint") in lines
+
+
+# -- Redis paused, flushed, restarted under real EventSources --------------------------------
+
+#: Swarm events an EventSource listens to (channel events come as ``message``).
+SWARM_EVENTS = ["connect", "join", "leave", "signal"]
+#: Statuses that leave the outcome unknown (every other one but 200 says "not applied").
+UNKNOWN = {504, 0}  # 0: no answer at all (the request itself failed)
+#: The publish key of the servers under test.
+KEY = "faults-key"
+
+
+class Traffic(threading.Thread):
+    """Channel publishes and swarm signals POSTed at a steady rate, one of each every
+    ``interval`` seconds to each process in turn, whatever the answers: each POST in a
+    thread of its own, as independent browsers send them, so that a stall piles them
+    up. Every answer is kept: ``(kind, n)`` -> ``(status, sent, answered)``, the times
+    on :func:`time.monotonic`'s clock and status 0 for no answer at all."""
+
+    def __init__(self, servers: list[Server], swarm: str, token: str, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.servers, self.swarm, self.token, self.interval = servers, swarm, token, interval
+        self.sent: dict[tuple[str, int], float] = {}
+        self.answers: dict[tuple[str, int], tuple[int, float, float]] = {}
+        self.posts: list[threading.Thread] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        n, due = 0, time.monotonic()
+        while not self.done.is_set():
+            n += 1
+            srv = self.servers[n % len(self.servers)]
+            requests_ = [
+                ("event", f"{srv.url}/channels/faults", {"data": f"e{n}"}, KEY),
+                ("signal", f"{srv.url}/{self.swarm}", {"token": self.token, "data": n}, None),
+            ]
+            for kind, url, body, key in requests_:
+                self.sent[(kind, n)] = time.monotonic()
+                post = threading.Thread(target=self.post, args=(kind, n, url, body, key))
+                post.start()
+                self.posts.append(post)
+            due += self.interval
+            self.done.wait(max(0.0, due - time.monotonic()))
+
+    def post(self, kind: str, n: int, url: str, body: dict[str, Any], key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        try:
+            status = requests.post(url, json=body, headers=headers, timeout=60).status_code
+        except requests.RequestException:
+            status = 0
+        self.answers[(kind, n)] = (status, self.sent[(kind, n)], time.monotonic())
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+        for post in self.posts:
+            post.join(120)
+
+    def settled(self, moment: float, timeout: float = 120) -> None:
+        """Wait until every request sent before ``moment`` has its answer."""
+
+        def answered() -> bool:
+            return all(k in self.answers for k, at in list(self.sent.items()) if at < moment)
+
+        wait_for(answered, timeout)
+
+    def applied(self, kind: str, before: float | None = None) -> set[int]:
+        """The numbers of ``kind`` answered 200 (of those sent before ``before``)."""
+        return {
+            n
+            for (k, n), (status, sent, _) in list(self.answers.items())
+            if k == kind and status == 200 and (before is None or sent < before)
+        }
+
+    def wait_applied(self, more: int, kind: str = "signal", timeout: float = 30) -> None:
+        """Wait until ``more`` further ``kind`` were answered 200."""
+        target = len(self.applied(kind)) + more
+        wait_for(lambda: len(self.applied(kind)) >= target, timeout)
+
+    def between(self, start: float, end: float) -> list[tuple[int, float, float]]:
+        """The answers to requests sent from ``start`` to ``end``."""
+        return [a for a in list(self.answers.values()) if start <= a[1] < end]
+
+
+def received(sources: EventSources, name: str, kind: str) -> list[int]:
+    """The numbers an EventSource got, in order: channel events ``e<n>``, signals ``<n>``."""
+    if kind == "event":
+        return [int(r["data"][1:]) for r in sources.events(name) if r["data"].startswith("e")]
+    return [json.loads(r["data"]) for r in sources.events(name, "signal")]
+
+
+def check_delivery(traffic: Traffic, sources: EventSources, clients: dict[str, str]) -> None:
+    """Every POST answered 200 arrived exactly once at every client, in order (one
+    answered before another was sent arrived before it); none refused arrived; one
+    whose outcome is unknown (504, or no answer) arrived at most once."""
+    for name, kind in clients.items():
+        seen = received(sources, name, kind)
+        counts = Counter(seen)
+        assert all(c == 1 for c in counts.values()), (name, counts.most_common(3))
+        for (k, n), (status, _, _) in traffic.answers.items():
+            if k != kind:
+                continue
+            if status == 200:
+                assert counts[n] == 1, (name, kind, n)
+            elif status not in UNKNOWN:
+                assert counts[n] == 0, (name, kind, n, status)
+        # In order: nothing received after an event was answered before it was sent.
+        first_answer_after = float("inf")
+        for n in reversed(seen):
+            _, sent, answered = traffic.answers[(kind, n)]
+            assert first_answer_after > sent, (name, kind, n)
+            first_answer_after = min(first_answer_after, answered)
+
+
+def open_clients(pair: Pair, sources: EventSources) -> tuple[dict[str, str], str, str]:
+    """Two channel subscribers and a swarm of three (an initiator on the first process,
+    a peer on each), each a WHATWG EventSource. Returns the clients (name: what they
+    receive), the swarm's id and the initiator's token."""
+    a, b = pair.servers
+    sources.open("channel-a", f"{a.url}/channels/faults", ["missed"])
+    sources.open("channel-b", f"{b.url}/channels/faults", ["missed"])
+    sources.open("initiator", a.url, SWARM_EVENTS)
+    me = json.loads(sources.wait_for("initiator", type="event", event="connect")["data"])
+    sources.open("peer-a", f"{a.url}/{me['id']}", SWARM_EVENTS)
+    sources.open("peer-b", f"{b.url}/{me['id']}", SWARM_EVENTS)
+    for name in ("peer-a", "peer-b", "channel-a", "channel-b"):
+        sources.wait_for(name, type="open")
+    wait_for(lambda: len(sources.events("initiator", "join")) == 2, 20)
+    wait_for(lambda: pair.count("faults") == 2, 20)
+    clients = {"channel-a": "event", "channel-b": "event"}
+    clients |= {name: "signal" for name in ("initiator", "peer-a", "peer-b")}
+    return clients, me["id"], me["token"]
+
+
+def missing(
+    traffic: Traffic, sources: EventSources, clients: dict[str, str], before: float | None
+) -> dict[str, list[int]]:
+    """What each client still lacks of what was answered 200 (of what was sent before
+    ``before``)."""
+    lacking = {}
+    for name, kind in clients.items():
+        if gap := sorted(traffic.applied(kind, before) - set(received(sources, name, kind))):
+            lacking[name] = gap
+    return lacking
+
+
+def wait_delivered(
+    traffic: Traffic,
+    sources: EventSources,
+    clients: dict[str, str],
+    before: float | None,
+    timeout: float,
+) -> None:
+    """Wait until every client got everything answered 200 (of what was sent before
+    ``before``)."""
+    deadline = time.monotonic() + timeout
+    while lacking := missing(traffic, sources, clients, before):
+        if time.monotonic() > deadline:
+            story = {name: sources.story(name) for name in lacking}
+            raise AssertionError(f"still missing {lacking}; what happened: {story}")
+        time.sleep(0.1)
+
+
+def summary(answers: list[tuple[int, float, float]]) -> str:
+    statuses = Counter(status for status, _, _ in answers)
+    slowest = max((answered - sent for _, sent, answered in answers), default=0.0)
+    return f"{len(answers)} POSTs: {dict(sorted(statuses.items()))}, the slowest {slowest:.2f} s"
+
+
+@pytest.fixture
+def redis_pair(tmp_path: Path, own_redis: RedisServer) -> Iterator[Pair]:
+    """Two servers sharing the test's own Redis; swarm peers may resume for 30 s."""
+    settings = {"resume_grace": 30, "retry_after": 1, "history_size": 20_000, "publish_key": KEY}
+    pair = start_pair(tmp_path, own_redis.url, settings)
+    yield pair
+    pair.stop()
+
+
+@pytest.mark.timeout(600)
+def test_eventsources_get_everything_once_through_redis_pauses(
+    redis_pair: Pair, own_redis: RedisServer, node_modules: Path
+) -> None:
+    """Redis paused (SIGSTOP) for 1, 3, 5, 7 and 10 s under a steady stream of
+    publishes and signals: every one answered 200 reaches every EventSource once,
+    in order; none refused (503) arrives, one unknown (504) at most once; no
+    EventSource gives up, and the swarm keeps its peers."""
+    sources = EventSources(node_modules)
+    traffic: Traffic | None = None
+    try:
+        clients, swarm, token = open_clients(redis_pair, sources)
+        traffic = Traffic(redis_pair.servers, swarm, token)
+        traffic.start()
+        figures = []
+        for seconds in (1, 3, 5, 7, 10):
+            traffic.wait_applied(10)  # traffic flows before each pause
+            paused = time.monotonic()
+            own_redis.pause()
+            time.sleep(seconds)  # the fault itself
+            own_redis.resume()
+            resumed = time.monotonic()
+            # Everything sent until the end of the pause reaches every client.
+            traffic.settled(resumed)
+            wait_delivered(traffic, sources, clients, resumed, 90)
+            took = time.monotonic() - resumed
+            figures.append((seconds, took, summary(traffic.between(paused, resumed))))
+        traffic.stop()
+        wait_delivered(traffic, sources, clients, None, 60)
+        check_delivery(traffic, sources, clients)
+        for name in clients:
+            assert not sources.of(name, type="error", readyState=2), name  # never gave up
+        assert len(sources.events("initiator", "connect")) == 1  # no new swarm
+        assert not sources.events("initiator", "leave")  # no peer left and came back
+        reconnects = {name: len(sources.of(name, type="error")) for name in clients}
+        for seconds, took, answers in figures:
+            print(f"\npause {seconds:2d} s: everything arrived {took:.2f} s after; {answers}")
+        print(f"EventSource reconnections: {reconnects}")
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        sources.stop()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("fault", ["flushall", "restart"])
+def test_eventsources_when_redis_loses_everything(
+    redis_pair: Pair, own_redis: RedisServer, node_modules: Path, fault: str
+) -> None:
+    """Redis flushed, or killed and started again 3 s later (no persistence), under a
+    steady stream of publishes and signals. Channel subscribers are told history was
+    lost (``missed``) and go on receiving by themselves. The swarm, which Redis forgot,
+    ends: its streams end, their resume is refused with 204 (so each EventSource
+    stops), its signals are refused (404), and a new swarm can be made at once."""
+    import redis
+
+    sources = EventSources(node_modules)
+    traffic: Traffic | None = None
+    try:
+        clients, swarm, token = open_clients(redis_pair, sources)
+        channels = {name: kind for name, kind in clients.items() if kind == "event"}
+        swarm_clients = clients.keys() - channels.keys()
+        traffic = Traffic(redis_pair.servers, swarm, token)
+        traffic.start()
+        traffic.wait_applied(10)
+        faulted = time.monotonic()
+        if fault == "flushall":
+            redis.Redis.from_url(own_redis.url).flushall()
+        else:
+            own_redis.kill()
+            time.sleep(3)  # the outage itself
+            own_redis.start()
+        back = time.monotonic()
+        for name in channels:
+            sources.wait_for(name, 30, type="event", event="missed")
+        for name in swarm_clients:
+            sources.wait_for(name, 30, type="error", readyState=2)
+        traffic.wait_applied(20, "event")  # events published since are delivered too
+        now = time.monotonic()
+        traffic.settled(now)
+        wait_delivered(traffic, sources, channels, now, 60)
+        took = time.monotonic() - back
+        traffic.stop()
+        wait_delivered(traffic, sources, channels, None, 60)
+        check_delivery(traffic, sources, clients)
+        for name in channels:
+            assert not sources.of(name, type="error", readyState=2), name  # never gave up
+        # The swarm is gone: signals are refused, each EventSource was told to stop
+        # (a resume refused with 204) rather than silently put in a new swarm.
+        last = sorted(n for k, n in traffic.answers if k == "signal")[-10:]
+        assert {traffic.answers[("signal", n)][0] for n in last} == {404}
+        for name in swarm_clients:
+            assert len(sources.events(name, "connect")) == 1, name
+        # A client that opens a new EventSource gets a new swarm at once.
+        sources.open("again", redis_pair.servers[1].url, SWARM_EVENTS)
+        sources.wait_for("again", 20, type="event", event="connect")
+        told = max(sources.events(n, "missed")[0]["at"] - back for n in channels)
+        ended = max(
+            sources.of(n, type="error", readyState=2)[0]["at"] - back for n in swarm_clients
+        )
+        print(
+            f"\n{fault}: channels told {told:.2f} s after, had everything {took:.2f} s after; "
+            f"swarm EventSources stopped {ended:.2f} s after; during it "
+            f"{summary(traffic.between(faulted, back))}"
+        )
+    finally:
+        if traffic is not None:
+            traffic.stop()
+        sources.stop()
