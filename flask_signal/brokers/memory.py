@@ -116,7 +116,9 @@ class MemoryBroker(Broker):
             return None
         if self.max_swarm_peers and len(swarm.peers) >= self.max_swarm_peers:
             raise SwarmFull(swarm_id)
-        member = Membership(swarm_id, new_id(), new_id(), initiator=False)
+        # The swarm's own id string, not the one parsed from this request: each
+        # peer would keep its own copy (some 80 bytes) for as long as it stays.
+        member = Membership(swarm.id, new_id(), new_id(), initiator=False)
         self._add_peer(swarm, member, stream)
         initiator = swarm.peers.get(swarm.initiator)
         if initiator is not None:
