@@ -176,6 +176,12 @@ def open_stream(
     return Answer(status, st.stream_headers(environ.get("SERVER_PROTOCOL", ""), kind), body)
 
 
+def _leaving(member: Membership) -> Membership:
+    """What a stream keeps of its membership until it leaves: not the token, which its
+    ``connect`` frame carried and no broker needs to leave (some 80 bytes per peer)."""
+    return Membership(member.id, member.cid, "", member.initiator)
+
+
 class _Detach:
     """A stream's cleanup. Kept for as long as the client stays, so it is as
     small as can be: slots, and the broker method by name rather than bound."""
@@ -257,7 +263,7 @@ def base(st: AppState, environ: dict[str, Any], sender: Any) -> Answer:
             environ,
             sender,
             "swarm",
-            lambda stream: (broker.create_swarm(stream), b""),
+            lambda stream: (_leaving(broker.create_swarm(stream)), b""),
             "leave_swarm",
             status=st.settings.create_status,
         )
@@ -296,7 +302,7 @@ def join_swarm(st: AppState, environ: dict[str, Any], sender: Any, swarm_id: str
         member = broker.join_swarm(swarm_id, stream)
         if member is None:
             raise Refusal(error(404, "no such swarm"))
-        return member, b""
+        return _leaving(member), b""
 
     return open_stream(st, environ, sender, "swarm", attach, "leave_swarm")
 
