@@ -205,6 +205,7 @@ class EventStream(Iterator[bytes]):
         "_environ",
         "_gsock",
         "_head",
+        "_lent",
         "_on_close",
         "_rest",
         "_sock",
@@ -231,6 +232,8 @@ class EventStream(Iterator[bytes]):
         self._started = False
         self._chunked = False
         self._rest = b""
+        #: Whether the server still holds the last chunk returned (see __next__).
+        self._lent = False
         self._environ = environ
         sock = client_socket(environ) if environ is not None else None
         self._gsock: Any = sock
@@ -284,11 +287,18 @@ class EventStream(Iterator[bytes]):
         stream.writing = 0.0
         if self._head:
             head, self._head = self._head, b""
-            self._started = True
+            self._started = self._lent = True
             stream.writing = time.monotonic()
             return head
         if self._started and self._environ is not None:
             self._take_over(stream)
+        if self._lent and not (stream.pending() or stream.ended or self._rest):
+            # About to wait: a server keeps the chunk it wrote last until it gets the
+            # next (its loop variable), so an idle stream would hold its last frame,
+            # its connect at least, for as long as it stays. An empty chunk first,
+            # which every server writes as nothing.
+            self._lent = False
+            return b""
         while True:
             frame = stream.get()
             # The rest of a direct write goes before anything queued after it.
@@ -298,7 +308,7 @@ class EventStream(Iterator[bytes]):
                 continue
             if not frame or self._closed:  # ENDED is the empty frame
                 raise StopIteration
-            self._started = True
+            self._started = self._lent = True
             stream.writing = time.monotonic()
             return frame
 
