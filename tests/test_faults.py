@@ -435,15 +435,20 @@ KEY = "faults-key"
 
 
 class Traffic(threading.Thread):
-    """Channel publishes and swarm signals POSTed at a steady rate, one of each every
-    ``interval`` seconds to each process in turn, whatever the answers: each POST in a
-    thread of its own, as independent browsers send them, so that a stall piles them
-    up. Every answer is kept: ``(kind, n)`` -> ``(status, sent, answered)``, the times
-    on :func:`time.monotonic`'s clock and status 0 for no answer at all."""
+    """Channel publishes, swarm signals to all and signals to one peer (``to``), POSTed
+    at a steady rate, one of each every ``interval`` seconds to each process in turn,
+    whatever the answers: each POST in a thread of its own, as independent browsers
+    send them, so that a stall piles them up. Every answer is kept: ``(kind, n)`` ->
+    ``(status, sent, answered)``, the times on :func:`time.monotonic`'s clock and
+    status 0 for no answer at all."""
 
-    def __init__(self, servers: list[Server], swarm: str, token: str, interval: float = 0.05):
+    def __init__(
+        self, servers: list[Server], swarm: str, token: str, to: str, interval: float = 0.05
+    ) -> None:
         super().__init__(daemon=True)
         self.servers, self.swarm, self.token, self.interval = servers, swarm, token, interval
+        #: The cid that direct signals are addressed to.
+        self.to = to
         self.sent: dict[tuple[str, int], float] = {}
         self.answers: dict[tuple[str, int], tuple[int, float, float]] = {}
         self.posts: list[threading.Thread] = []
@@ -457,6 +462,7 @@ class Traffic(threading.Thread):
             requests_ = [
                 ("event", f"{srv.url}/channels/faults", {"data": f"e{n}"}, KEY),
                 ("signal", f"{srv.url}/{self.swarm}", {"token": self.token, "data": n}, None),
+                ("direct", f"{srv.url}/{self.swarm}", self.direct(n), None),
             ]
             for kind, url, body, key in requests_:
                 self.sent[(kind, n)] = time.monotonic()
@@ -465,6 +471,9 @@ class Traffic(threading.Thread):
                 self.posts.append(post)
             due += self.interval
             self.done.wait(max(0.0, due - time.monotonic()))
+
+    def direct(self, n: int) -> dict[str, Any]:
+        return {"token": self.token, "data": f"d{n}", "cid": self.to}
 
     def post(self, kind: str, n: int, url: str, body: dict[str, Any], key: str | None) -> None:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -506,21 +515,29 @@ class Traffic(threading.Thread):
         return [a for a in list(self.answers.values()) if start <= a[1] < end]
 
 
+#: Who receives what: (EventSource, kind of POST), for every delivery a client is owed.
+Watch = list[tuple[str, str]]
+
+
 def received(sources: EventSources, name: str, kind: str) -> list[int]:
-    """The numbers an EventSource got, in order: channel events ``e<n>``, signals ``<n>``."""
+    """The numbers of ``kind`` an EventSource got, in order: channel events ``e<n>``,
+    signals to all ``<n>``, signals to one ``"d<n>"``."""
     if kind == "event":
         return [int(r["data"][1:]) for r in sources.events(name) if r["data"].startswith("e")]
-    return [json.loads(r["data"]) for r in sources.events(name, "signal")]
+    data = [json.loads(r["data"]) for r in sources.events(name, "signal")]
+    if kind == "direct":
+        return [int(d[1:]) for d in data if isinstance(d, str) and d.startswith("d")]
+    return [d for d in data if isinstance(d, int)]
 
 
-def check_delivery(traffic: Traffic, sources: EventSources, clients: dict[str, str]) -> None:
-    """Every POST answered 200 arrived exactly once at every client, in order (one
-    answered before another was sent arrived before it); none refused arrived; one
-    whose outcome is unknown (504, or no answer) arrived at most once."""
-    for name, kind in clients.items():
+def check_delivery(traffic: Traffic, sources: EventSources, watch: Watch) -> None:
+    """Every POST answered 200 arrived exactly once at every client it is for, in order
+    (one answered before another was sent arrived before it); none refused arrived;
+    one whose outcome is unknown (504, or no answer) arrived at most once."""
+    for name, kind in watch:
         seen = received(sources, name, kind)
         counts = Counter(seen)
-        assert all(c == 1 for c in counts.values()), (name, counts.most_common(3))
+        assert all(c == 1 for c in counts.values()), (name, kind, counts.most_common(3))
         for (k, n), (status, _, _) in traffic.answers.items():
             if k != kind:
                 continue
@@ -536,10 +553,10 @@ def check_delivery(traffic: Traffic, sources: EventSources, clients: dict[str, s
             first_answer_after = min(first_answer_after, answered)
 
 
-def open_clients(pair: Pair, sources: EventSources) -> tuple[dict[str, str], str, str]:
+def open_clients(pair: Pair, sources: EventSources) -> tuple[Watch, str, str, str]:
     """Two channel subscribers and a swarm of three (an initiator on the first process,
-    a peer on each), each a WHATWG EventSource. Returns the clients (name: what they
-    receive), the swarm's id and the initiator's token."""
+    a peer on each), each a WHATWG EventSource. Returns what each is owed, the swarm's
+    id, the initiator's token and the cid of ``peer-b``, to which signals go directly."""
     a, b = pair.servers
     sources.open("channel-a", f"{a.url}/channels/faults", ["missed"])
     sources.open("channel-b", f"{b.url}/channels/faults", ["missed"])
@@ -547,40 +564,41 @@ def open_clients(pair: Pair, sources: EventSources) -> tuple[dict[str, str], str
     me = json.loads(sources.wait_for("initiator", type="event", event="connect")["data"])
     sources.open("peer-a", f"{a.url}/{me['id']}", SWARM_EVENTS)
     sources.open("peer-b", f"{b.url}/{me['id']}", SWARM_EVENTS)
-    for name in ("peer-a", "peer-b", "channel-a", "channel-b"):
+    to = json.loads(sources.wait_for("peer-b", type="event", event="connect")["data"])["cid"]
+    for name in ("peer-a", "channel-a", "channel-b"):
         sources.wait_for(name, type="open")
     wait_for(lambda: len(sources.events("initiator", "join")) == 2, 20)
     wait_for(lambda: pair.count("faults") == 2, 20)
-    clients = {"channel-a": "event", "channel-b": "event"}
-    clients |= {name: "signal" for name in ("initiator", "peer-a", "peer-b")}
-    return clients, me["id"], me["token"]
+    watch = [("channel-a", "event"), ("channel-b", "event"), ("peer-b", "direct")]
+    watch += [(name, "signal") for name in ("initiator", "peer-a", "peer-b")]
+    return watch, me["id"], me["token"], to
 
 
 def missing(
-    traffic: Traffic, sources: EventSources, clients: dict[str, str], before: float | None
+    traffic: Traffic, sources: EventSources, watch: Watch, before: float | None
 ) -> dict[str, list[int]]:
     """What each client still lacks of what was answered 200 (of what was sent before
     ``before``)."""
     lacking = {}
-    for name, kind in clients.items():
+    for name, kind in watch:
         if gap := sorted(traffic.applied(kind, before) - set(received(sources, name, kind))):
-            lacking[name] = gap
+            lacking[f"{name} {kind}"] = gap
     return lacking
 
 
 def wait_delivered(
     traffic: Traffic,
     sources: EventSources,
-    clients: dict[str, str],
+    watch: Watch,
     before: float | None,
     timeout: float,
 ) -> None:
     """Wait until every client got everything answered 200 (of what was sent before
     ``before``)."""
     deadline = time.monotonic() + timeout
-    while lacking := missing(traffic, sources, clients, before):
+    while lacking := missing(traffic, sources, watch, before):
         if time.monotonic() > deadline:
-            story = {name: sources.story(name) for name in lacking}
+            story = {name: sources.story(name) for name in {n for n, _ in watch}}
             raise AssertionError(f"still missing {lacking}; what happened: {story}")
         time.sleep(0.1)
 
@@ -611,8 +629,9 @@ def test_eventsources_get_everything_once_through_redis_pauses(
     sources = EventSources(node_modules)
     traffic: Traffic | None = None
     try:
-        clients, swarm, token = open_clients(redis_pair, sources)
-        traffic = Traffic(redis_pair.servers, swarm, token)
+        watch, swarm, token, to = open_clients(redis_pair, sources)
+        clients = {name for name, _ in watch}
+        traffic = Traffic(redis_pair.servers, swarm, token, to)
         traffic.start()
         figures = []
         for seconds in (1, 3, 5, 7, 10):
@@ -624,12 +643,12 @@ def test_eventsources_get_everything_once_through_redis_pauses(
             resumed = time.monotonic()
             # Everything sent until the end of the pause reaches every client.
             traffic.settled(resumed)
-            wait_delivered(traffic, sources, clients, resumed, 90)
+            wait_delivered(traffic, sources, watch, resumed, 90)
             took = time.monotonic() - resumed
             figures.append((seconds, took, summary(traffic.between(paused, resumed))))
         traffic.stop()
-        wait_delivered(traffic, sources, clients, None, 60)
-        check_delivery(traffic, sources, clients)
+        wait_delivered(traffic, sources, watch, None, 60)
+        check_delivery(traffic, sources, watch)
         for name in clients:
             assert not sources.of(name, type="error", readyState=2), name  # never gave up
         assert len(sources.events("initiator", "connect")) == 1  # no new swarm
@@ -659,10 +678,10 @@ def test_eventsources_when_redis_loses_everything(
     sources = EventSources(node_modules)
     traffic: Traffic | None = None
     try:
-        clients, swarm, token = open_clients(redis_pair, sources)
-        channels = {name: kind for name, kind in clients.items() if kind == "event"}
-        swarm_clients = clients.keys() - channels.keys()
-        traffic = Traffic(redis_pair.servers, swarm, token)
+        watch, swarm, token, to = open_clients(redis_pair, sources)
+        channels = [(name, kind) for name, kind in watch if kind == "event"]
+        swarm_clients = {name for name, kind in watch if kind != "event"}
+        traffic = Traffic(redis_pair.servers, swarm, token, to)
         traffic.start()
         traffic.wait_applied(10)
         faulted = time.monotonic()
@@ -673,7 +692,7 @@ def test_eventsources_when_redis_loses_everything(
             time.sleep(3)  # the outage itself
             own_redis.start()
         back = time.monotonic()
-        for name in channels:
+        for name, _ in channels:
             sources.wait_for(name, 30, type="event", event="missed")
         for name in swarm_clients:
             sources.wait_for(name, 30, type="error", readyState=2)
@@ -684,19 +703,20 @@ def test_eventsources_when_redis_loses_everything(
         took = time.monotonic() - back
         traffic.stop()
         wait_delivered(traffic, sources, channels, None, 60)
-        check_delivery(traffic, sources, clients)
-        for name in channels:
+        check_delivery(traffic, sources, watch)
+        for name, _ in channels:
             assert not sources.of(name, type="error", readyState=2), name  # never gave up
         # The swarm is gone: signals are refused, each EventSource was told to stop
         # (a resume refused with 204) rather than silently put in a new swarm.
-        last = sorted(n for k, n in traffic.answers if k == "signal")[-10:]
-        assert {traffic.answers[("signal", n)][0] for n in last} == {404}
+        for kind in ("signal", "direct"):
+            last = sorted(n for k, n in traffic.answers if k == kind)[-10:]
+            assert {traffic.answers[(kind, n)][0] for n in last} == {404}, kind
         for name in swarm_clients:
             assert len(sources.events(name, "connect")) == 1, name
         # A client that opens a new EventSource gets a new swarm at once.
         sources.open("again", redis_pair.servers[1].url, SWARM_EVENTS)
         sources.wait_for("again", 20, type="event", event="connect")
-        told = max(sources.events(n, "missed")[0]["at"] - back for n in channels)
+        told = max(sources.events(n, "missed")[0]["at"] - back for n, _ in channels)
         ended = max(
             sources.of(n, type="error", readyState=2)[0]["at"] - back for n in swarm_clients
         )
