@@ -245,7 +245,8 @@ class RedisBroker(Broker):
         self.mux.close()
 
     def reap(self) -> int:
-        """Make the peers of processes whose heartbeat expired leave; returns how many."""
+        """Reap the peers of processes whose heartbeat expired (they leave, or with a
+        resume grace enter it); returns how many."""
         return self.liveness.reap()
 
     def _check_listener(self) -> None:

@@ -198,7 +198,8 @@ class Liveness:
                 log.exception("flask_signal: reaper failed")
 
     def reap(self) -> int:
-        """Make the peers of processes whose heartbeat expired leave; returns how many.
+        """Reap the peers of processes whose heartbeat expired (they leave, or with a
+        resume grace enter it); returns how many.
 
         Every process runs this; a ``SET NX PX`` lock lets one do it per interval.
         """
