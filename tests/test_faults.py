@@ -4,7 +4,9 @@ their bound, swarms and workers at capacity, senders that lie about who they are
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import threading
 import time
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 import requests
 
 from tests.servers import SIGNAL_WORKER, EventSources, RedisServer
@@ -729,3 +732,88 @@ def test_eventsources_when_redis_loses_everything(
         if traffic is not None:
             traffic.stop()
         sources.stop()
+
+
+def _pubsub_clients_of(client: Any, pids: list[int]) -> list[dict[str, Any]]:
+    """The pub/sub connections Redis has from the processes ``pids`` (by socket inode)."""
+    inodes = set()
+    for pid in pids:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return [
+        c for c in client.client_list(_type="pubsub") if int(c["addr"].rsplit(":", 1)[1]) in ports
+    ]
+
+
+def test_signals_joins_and_leaves_of_a_pubsub_gap_arrive_once_in_order(
+    tmp_path: Path, own_redis: Any
+) -> None:
+    """Two servers share a Redis; the pub/sub connection of the one holding the
+    initiator and a peer is killed, and Redis refuses it a new one for a while. Signals
+    (broadcast and direct), a join and a leave happen meanwhile through the other. Once
+    it is back, its streams get each exactly once, in order, and stay open."""
+    shared = {"broker_url": own_redis.url, "redis_prefix": f"g{free_port()}:"}
+    a = start_server(tmp_path, shared)
+    b = start_server(tmp_path, shared)
+    client = redis.Redis.from_url(own_redis.url)
+    maxclients = client.config_get("maxclients")["maxclients"]
+    try:
+        initiator = Peer.open(a.url)
+        near = Peer.open(f"{a.url}/{initiator.id}")  # on a, like the initiator
+        far = Peer.open(f"{b.url}/{initiator.id}")
+        assert [e.json()["cid"] for e in initiator.sse.events(2)] == [near.cid, far.cid]
+        for _ in range(3):  # every process's command connections are open already
+            assert far.post(b.url, "warm").status_code == 200
+            assert near.post(a.url, "warm").status_code == 200
+        for peer in (initiator, near, far):
+            assert [e.data for e in peer.sse.events(6)] == ['"warm"'] * 6
+
+        (listener,) = _pubsub_clients_of(client, [a.proc.pid, *a.worker_pids()])
+        client.config_set("maxclients", len(client.client_list()) - 1)
+        client.client_kill_filter(_id=listener["id"])
+        wait_for(lambda: not _pubsub_clients_of(client, [a.proc.pid, *a.worker_pids()]))
+        to_initiator: list[tuple[str, Any]] = []
+        to_near: list[tuple[str, Any]] = []
+        for i in range(5):
+            assert far.post(b.url, f"all{i}").status_code == 200
+            to_initiator.append(("signal", f"all{i}"))
+            to_near.append(("signal", f"all{i}"))
+            assert far.post(b.url, f"near{i}", cid=near.cid).status_code == 200
+            to_near.append(("signal", f"near{i}"))
+            assert far.post(b.url, f"init{i}", cid=initiator.cid).status_code == 200
+            to_initiator.append(("signal", f"init{i}"))
+        assert near.post(a.url, "from a").status_code == 200  # published by the gapped one
+        to_initiator.append(("signal", "from a"))
+        to_near.append(("signal", "from a"))
+        late = Peer.open(f"{b.url}/{initiator.id}")
+        to_initiator.append(("join", late.cid))
+        late.close()
+        to_initiator.append(("leave", late.cid))
+        assert initiator.sse.quiet(0.3) == []  # nothing came through the gap
+        client.config_set("maxclients", maxclients)
+        wait_for(lambda: len(_pubsub_clients_of(client, [a.proc.pid, *a.worker_pids()])) == 1)
+        assert far.post(b.url, "after").status_code == 200
+        to_initiator.append(("signal", "after"))
+        to_near.append(("signal", "after"))
+
+        def seen(event: Any) -> tuple[str, Any]:
+            data = event.json()
+            return (event.event, data["cid"] if event.event in ("join", "leave") else data)
+
+        assert [seen(e) for e in initiator.sse.events(len(to_initiator))] == to_initiator
+        assert [seen(e) for e in near.sse.events(len(to_near))] == to_near
+        assert initiator.sse.quiet(0.3) == [] and near.sse.quiet(0) == []
+        assert not initiator.sse.ended and not near.sse.ended
+    finally:
+        client.config_set("maxclients", maxclients)
+        a.stop()
+        b.stop()

@@ -581,6 +581,39 @@ def test_a_gap_longer_than_the_swarm_log_ends_streams_with_retry(
     assert not any(b"event: signal" in frame for frame in frames)
 
 
+def test_the_swarm_log_is_bounded_in_entries_bytes_and_time(make: Factory) -> None:
+    """Past either bound the oldest entries go, in batches (to 15/16 of the bound); the
+    newest always stays; the log expires its TTL after its last write."""
+    a = make(swarm_log=32, swarm_log_bytes=4000, swarm_log_ttl=30)
+    m1 = a.create_swarm(s1 := stream())
+    client = redis.Redis.from_url(a.url)
+    key = a.keys.swarm_log(m1.id)
+
+    def numbers() -> list[int]:
+        return [codec.numbered(m)[0] for m in client.lrange(key, 0, -1)]
+
+    def logged_bytes() -> int:
+        return sum(len(m) for m in client.lrange(key, 0, -1))
+
+    for i in range(100):
+        a.signal(m1.id, i)
+        assert 1 <= len(numbers()) <= 32
+        assert logged_bytes() <= 4000
+    assert numbers() == list(range(numbers()[0], 101))  # contiguous, up to the newest
+    assert len(numbers()) >= 30
+    assert int(client.hget(a.keys.swarm(m1.id), "nz") or 0) == logged_bytes()
+    for _ in range(20):
+        a.signal(m1.id, "x" * 300)  # ~330 bytes each: the byte bound holds
+        assert logged_bytes() <= 4000
+    assert len(numbers()) <= 12
+    assert numbers() == list(range(numbers()[0], 121))
+    a.signal(m1.id, "y" * 5000)  # larger than the bound: kept alone
+    assert numbers() == [121]
+    assert 0 < client.pttl(key) <= 30_000
+    assert event_of(s1)[0] == "connect"
+    assert [event_of(s1)[0] for _ in range(121)] == ["signal"] * 121
+
+
 def test_a_stall_ends_no_stream_and_reaps_no_peer(own_redis: RedisServer, make: Factory) -> None:
     """Redis paused longer than the heartbeats' TTL and the listener's PING timeout:
     afterwards every swarm and stream is still there and works."""

@@ -39,7 +39,7 @@ from .. import (
 )
 from . import codec
 from .connection import connector, unavailable
-from .keys import Keys, decode
+from .keys import LOG_SUFFIX, Keys, decode
 from .listener import Listener, Timing, Topic
 from .liveness import Liveness
 from .mux import Mux, MuxClient
@@ -112,8 +112,10 @@ class RedisBroker(Broker):
         self.prefix = prefix
         self.history_ttl = history_ttl
         self.swarm_log = swarm_log
-        #: What ``log.lua`` takes off the end of ARGV.
-        self._log_bounds = (swarm_log, swarm_log_bytes, int(swarm_log_ttl * 1000))
+        #: What ``log.lua`` takes off the end of ARGV (bytes: encoded once).
+        self._log_bounds = tuple(
+            b"%d" % value for value in (swarm_log, swarm_log_bytes, int(swarm_log_ttl * 1000))
+        )
         self.timing = Timing(
             connect_timeout=connect_timeout,
             subscribe_timeout=subscribe_timeout,
@@ -488,7 +490,7 @@ class RedisBroker(Broker):
         digest = token_digest(token) if token is not None else ""
         code = self.once.run(
             self.scripts.signal,
-            [key, self.keys.grace_set(swarm_id), self.keys.swarm_log(swarm_id)],
+            [key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX],
             [digest, cid or "", key, message, *self._keeping(frame), *self._log_bounds],
         )
         return Delivery(int(code))
@@ -509,10 +511,9 @@ class RedisBroker(Broker):
         a pub/sub outage (see :meth:`_catch_up_swarms`), whichever comes first."""
         if payload[:1] == b"#":
             seq, payload = codec.numbered(payload)
-            if seq:
-                if seq <= self._applied.get(swarm_id, 0):
-                    return
-                self._applied[swarm_id] = seq
+            if seq <= self._applied.get(swarm_id, 0):
+                return  # applied already (or malformed: number 0)
+            self._applied[swarm_id] = seq
         message = codec.decode(payload)
         if isinstance(message, codec.Broadcast):
             peers = self.swarms.streams(swarm_id)

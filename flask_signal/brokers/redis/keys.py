@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import re
 
+#: What a swarm's log key adds to its hash key (see :meth:`Keys.swarm_log`).
+LOG_SUFFIX = b":log"
+
 
 def encode(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
@@ -45,7 +48,7 @@ class Keys:
 
     def swarm_log(self, swarm_id: str) -> bytes:
         """A swarm's latest pub/sub messages, numbered (list; see ``lua/log.lua``)."""
-        return self.swarm(swarm_id) + b":log"
+        return self.swarm(swarm_id) + LOG_SUFFIX
 
     def grace_set(self, swarm_id: str) -> bytes:
         """A swarm's peers in their resume grace (set of cids)."""

@@ -5,7 +5,7 @@
 -- with the log off (entries 0): the message is then published as it is.
 -- With the log on, the swarm's counter (field 'n' of its hash) numbers the message, which
 -- goes to the log (list; its bytes counted in 'nz') and to pub/sub as '#<n> <message>'
--- (codec); the oldest entries go past either bound, the newest always stays.
+-- (codec); past either bound the oldest entries go, the newest always stays.
 local LOG = table.remove(KEYS)
 local LOG_TTL = table.remove(ARGV)
 local LOG_BYTES = tonumber(table.remove(ARGV))
@@ -24,9 +24,18 @@ local function publish(hash, topic, message)
   else
     bytes = redis.call('HINCRBY', hash, 'nz', bytes)
   end
-  while length > 1 and (length > LOG_ENTRIES or bytes > LOG_BYTES) do
-    bytes = redis.call('HINCRBY', hash, 'nz', -#redis.call('LPOP', LOG))
-    length = length - 1
+  if length > LOG_ENTRIES or bytes > LOG_BYTES then
+    -- Trimmed to 15/16 of either bound in one go, so that a full log does not cost
+    -- every message two more commands.
+    local entries = LOG_ENTRIES - math.floor(LOG_ENTRIES / 16)
+    local most = LOG_BYTES - math.floor(LOG_BYTES / 16)
+    local freed = 0
+    while length > 1 and (length > entries or bytes - freed > most) do
+      local count = math.min(length - 1, math.max(length - entries, math.ceil(length / 16)))
+      for _, old in ipairs(redis.call('LPOP', LOG, count)) do freed = freed + #old end
+      length = length - count
+    end
+    redis.call('HINCRBY', hash, 'nz', -freed)
   end
   redis.call('PEXPIRE', LOG, LOG_TTL)
   redis.call('PUBLISH', topic, entry)
