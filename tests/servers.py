@@ -639,14 +639,16 @@ class EventSources:
     def events(self, source: str, event: str = "message") -> list[dict[str, Any]]:
         return self.of(source, type="event", event=event)
 
-    def wait_for(self, source: str, timeout: float = 20, **match: Any) -> dict[str, Any]:
-        """The first record of ``source`` like ``match``, waiting up to ``timeout`` s."""
+    def wait_for(
+        self, source: str, timeout: float = 20, count: int = 1, **match: Any
+    ) -> dict[str, Any]:
+        """The ``count``-th record of ``source`` like ``match``, waiting up to ``timeout`` s."""
         deadline = time.monotonic() + timeout
-        while not (found := self.of(source, **match)):
+        while len(found := self.of(source, **match)) < count:
             assert self.proc.poll() is None, f"node exited with {self.proc.returncode}"
             assert time.monotonic() < deadline, f"no {match} from {source}: {self.story(source)}"
             time.sleep(0.05)
-        return found[0]
+        return found[count - 1]
 
     def story(self, source: str) -> list[dict[str, Any]]:
         """What befell ``source``: opens, errors and events other than data, and its last

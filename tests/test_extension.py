@@ -7,10 +7,6 @@ and then killed, so every Redis call fails as it would in production.
 from __future__ import annotations
 
 import json
-import queue
-import shutil
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +22,7 @@ from flask_signal.brokers.memory import MemoryBroker
 from flask_signal.brokers.redis import RedisBroker
 from flask_signal.errors import OutcomeUnknown, answer_for
 from flask_signal.state import app_state
-from tests.servers import RedisServer
+from tests.servers import EventSources, RedisServer
 from tests.support import Server, start_server
 
 SSE = {"Accept": "text/event-stream"}
@@ -169,62 +165,21 @@ def test_state_of_an_app_without_the_extension() -> None:
 
 # -- a real EventSource through a real Redis outage --------------------------------------
 
-COMPAT = Path(__file__).parent / "compat"
-
-
-class Records:
-    """The JSON lines a Node script prints, read as they come."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.put(json.loads(line))
-
-    def wait_for(self, timeout: float = 20, **match: Any) -> dict[str, Any]:
-        record = self.next(timeout, **match)
-        if record is None:
-            raise AssertionError(f"no {match} in {self.seen}")
-        return record
-
-    def next(self, timeout: float, **match: Any) -> dict[str, Any] | None:
-        """The first record like ``match`` within ``timeout`` seconds, else None."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for record in self.seen:
-                if match.items() <= record.items():
-                    self.seen.remove(record)
-                    return record
-            try:
-                record = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                return None
-            self.seen.append(record)
-
 
 def test_an_eventsource_reconnects_by_itself_once_redis_is_back(
     tmp_path: Path, own_redis: RedisServer, node_modules: Path
 ) -> None:
-    node = shutil.which("node")
-    assert node is not None  # node_modules fails or skips without it
+    """WHATWG EventSources opened while Redis is down, one on a channel and one creating
+    a swarm, are turned away in a way they retry, and connect once Redis is back."""
     srv = start_server(tmp_path, {"broker_url": own_redis.url, "retry_after": 1})
     own_redis.kill()
-    proc = subprocess.Popen(
-        [node, str(COMPAT / "eventsource_outage.js"), srv.url, "30"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    sources = EventSources(node_modules)
     try:
-        records = Records(proc)
+        sources.open("channel", f"{srv.url}/channels/outage")
+        sources.open("swarm", srv.url, ["connect"])
         # Both are turned away and keep trying (CONNECTING, not CLOSED), twice.
-        for _ in range(2):
-            for source in ("channel", "swarm"):
-                assert records.wait_for(source=source, type="error")["readyState"] == 0
+        for source in ("channel", "swarm"):
+            sources.wait_for(source, 20, count=2, type="error", readyState=0)
         # A POST during the outage is still a 503.
         refused = requests.post(f"{srv.url}/abc123", json={"token": "t"}, timeout=10)
         assert refused.status_code == 503
@@ -232,21 +187,18 @@ def test_an_eventsource_reconnects_by_itself_once_redis_is_back(
         own_redis.start()
         # An EventSource reports "open" for the outage answers too: publish until
         # the channel's stream is live again and delivers.
+        body = {"channel": "outage", "data": "back"}
         deadline = time.monotonic() + 20
-        message = None
-        while message is None and time.monotonic() < deadline:
-            body = {"channel": "outage", "data": "back"}
-            published = requests.post(f"{srv.origin}/_test/publish", json=body, timeout=10)
-            if published.status_code == 200:
-                message = records.next(source="channel", type="message", timeout=0.5)
-            else:
-                time.sleep(0.2)
-        assert message is not None and message["data"] == "back", records.seen
-        assert records.wait_for(source="swarm", type="connect")["id"]
-        assert proc.wait(10) == 0
+        while not sources.events("channel"):
+            assert time.monotonic() < deadline, sources.story("channel")
+            requests.post(f"{srv.origin}/_test/publish", json=body, timeout=10)
+            time.sleep(0.2)
+        assert sources.events("channel")[0]["data"] == "back"
+        assert json.loads(sources.wait_for("swarm", type="event", event="connect")["data"])["id"]
+        for source in ("channel", "swarm"):
+            assert not sources.of(source, type="error", readyState=2), sources.story(source)
     finally:
-        proc.kill()
-        proc.wait()
+        sources.stop()
         srv.stop()
 
 
