@@ -26,7 +26,13 @@ import gevent.event
 import pytest
 import redis
 
-from flask_signal.brokers import BrokerUnavailable, Delivery, Membership, OutcomeUnknown
+from flask_signal.brokers import (
+    BrokerUnavailable,
+    Delivery,
+    Membership,
+    OutcomeUnknown,
+    token_digest,
+)
 from flask_signal.brokers.redis import RedisBroker, codec
 from flask_signal.errors import ResumeLater
 from flask_signal.hub import ENDED, LocalHub, Stream
@@ -142,6 +148,25 @@ def test_a_dead_process_peer_resumes_elsewhere_within_its_grace(make: Factory) -
     client = redis.Redis.from_url(a.url)
     assert client.smembers(a.keys.proc_peers(a.process)) >= {f"{m1.id} {m2.cid}".encode()}
     del s2
+
+
+def test_a_long_connected_peer_of_a_dead_process_still_resumes(make: Factory) -> None:
+    """The index that finds a peer by its resume key outlives swarm_ttl while the peer's
+    process lives (its heartbeats renew it), so a kill -9 after minutes still resumes."""
+    options = {"resume_grace": 10, "swarm_ttl": 3.0, **REAPED_FAST}
+    a, b = make(**options), make(**options)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    client = redis.Redis.from_url(a.url)
+    digest = token_digest(handle[:31])
+    gevent.sleep(b.liveness.swarm_ttl + 1.5)  # past the index's first expiry
+    assert client.pttl(b.keys.resume(digest)) > 0
+    b.halt()
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    back = a.resume_swarm(handle, stream(), m1.id)
+    assert back is not None and back.cid == m2.cid
+    assert_quiet(s1)
 
 
 def test_a_dead_process_initiator_keeps_its_swarm_for_its_grace(make: Factory) -> None:
