@@ -626,9 +626,10 @@ def test_eventsources_get_everything_once_through_redis_pauses(
     redis_pair: Pair, own_redis: RedisServer, node_modules: Path
 ) -> None:
     """Redis paused (SIGSTOP) for 1, 3, 5, 7 and 10 s under a steady stream of
-    publishes and signals: every one answered 200 reaches every EventSource once,
-    in order; none refused (503) arrives, one unknown (504) at most once; no
-    EventSource gives up, and the swarm keeps its peers."""
+    publishes and signals, a new peer joining during each: every one answered 200
+    reaches every EventSource once, in order; none refused (503) arrives, one unknown
+    (504) at most once; no EventSource gives up, the swarm keeps its peers, and each
+    newcomer joins once."""
     sources = EventSources(node_modules)
     traffic: Traffic | None = None
     try:
@@ -641,6 +642,10 @@ def test_eventsources_get_everything_once_through_redis_pauses(
             traffic.wait_applied(10)  # traffic flows before each pause
             paused = time.monotonic()
             own_redis.pause()
+            # A browser joins the swarm in the middle of the pause.
+            late = f"join-{seconds}"
+            server = redis_pair.servers[seconds % 2]
+            sources.open(late, f"{server.url}/{swarm}", SWARM_EVENTS)
             time.sleep(seconds)  # the fault itself
             own_redis.resume()
             resumed = time.monotonic()
@@ -649,14 +654,25 @@ def test_eventsources_get_everything_once_through_redis_pauses(
             wait_delivered(traffic, sources, watch, resumed, 90)
             took = time.monotonic() - resumed
             figures.append((seconds, took, summary(traffic.between(paused, resumed))))
+            sources.wait_for(late, 60, type="event", event="connect")
         traffic.stop()
         wait_delivered(traffic, sources, watch, None, 60)
         check_delivery(traffic, sources, watch)
         for name in clients:
             assert not sources.of(name, type="error", readyState=2), name  # never gave up
         assert len(sources.events("initiator", "connect")) == 1  # no new swarm
-        assert not sources.events("initiator", "leave")  # no peer left and came back
-        reconnects = {name: len(sources.of(name, type="error")) for name in clients}
+        # Each peer that joined during a pause joined once, as the initiator heard it; a
+        # join attempt whose outcome was unknown was undone (its leave came too).
+        late = [f"join-{seconds}" for seconds, _, _ in figures]
+        assert all(len(sources.events(name, "connect")) == 1 for name in late)
+        cids = [json.loads(sources.events(name, "connect")[0]["data"])["cid"] for name in late]
+        joins = Counter(json.loads(r["data"])["cid"] for r in sources.events("initiator", "join"))
+        leaves = Counter(json.loads(r["data"])["cid"] for r in sources.events("initiator", "leave"))
+        assert all(joins[cid] == 1 and not leaves[cid] for cid in cids), (cids, joins, leaves)
+        assert all(joins[cid] == 1 for cid in leaves) and leaves.total() == len(joins) - 7
+        for name in late:
+            assert not sources.of(name, type="error", readyState=2), sources.story(name)
+        reconnects = {name: len(sources.of(name, type="error")) for name in clients | set(late)}
         for seconds, took, answers in figures:
             print(f"\npause {seconds:2d} s: everything arrived {took:.2f} s after; {answers}")
         print(f"EventSource reconnections: {reconnects}")
