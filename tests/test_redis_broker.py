@@ -525,13 +525,15 @@ class _Gate:
         wait_until(lambda: self.broker.stats()["pubsub_connected"])
 
 
+@pytest.mark.parametrize("grace", [0, 5])
 def test_swarm_messages_of_a_pubsub_gap_arrive_once_and_in_order(
-    own_redis: RedisServer, make: Factory
+    own_redis: RedisServer, make: Factory, grace: float
 ) -> None:
     """b's pub/sub connection is killed and kept down while a signals (broadcast and
     direct), b signals, and a peer joins and leaves: once b is back, its initiator and
-    peer get each of those exactly once, in order, before anything newer."""
-    a, b = make(own_redis.url), make(own_redis.url)
+    peer get each of those exactly once, in order, before anything newer (with resume
+    on too, whose frames are numbered)."""
+    a, b = make(own_redis.url, resume_grace=grace), make(own_redis.url, resume_grace=grace)
     s1, s2, s3, s4 = stream(), stream(), stream(), stream()
     m1 = b.create_swarm(s1)
     m2 = b.join_swarm(m1.id, s2)

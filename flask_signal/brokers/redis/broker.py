@@ -331,6 +331,7 @@ class RedisBroker(Broker):
         self.start()
         member = Membership(swarm_id, new_id(), new_id(), initiator=False)
         key = self.keys.swarm(swarm_id)
+        self._untrack(swarm_id)  # a number left from an earlier subscription is stale
         self.listener.acquire([(key, "swarm", swarm_id)])
         # Registered before Redis knows the peer, so that nothing meant for it is
         # missed; it receives broadcasts only from its own "join" on (see _on_swarm).
@@ -756,6 +757,7 @@ class RedisBroker(Broker):
         if numbered is not None and numbered.key == key.encode():
             return self._replace_local(handle, key, stream, swarm_id)
         topic = self.keys.swarm(sid)
+        self._untrack(sid)
         self.listener.acquire([(topic, "swarm", sid)])
         # Routed from before the resume script, so nothing published after it is missed;
         # what was published before it is in the replay and is dropped (Numbered.live).
