@@ -195,9 +195,9 @@ def test_a_dead_process_peer_that_does_not_come_back_leaves_after_its_grace(
     died = time.monotonic()
     wait_until(lambda: in_grace(a, m2), timeout=10)
     reaped = time.monotonic()
-    # Within the documented reaping bound (plus scheduling slack on a busy machine).
+    # Within the documented reaping bound (plus slack: two cores shared by many tests).
     bound = REAPED_FAST["peer_ttl"] + REAPED_FAST["heartbeat_interval"]
-    assert reaped - died <= bound + 0.5, reaped - died
+    assert reaped - died <= bound + 1.0, reaped - died
     assert event_of(s1, timeout=10) == ("leave", {"id": m1.id, "cid": m2.cid})
     assert time.monotonic() - reaped >= grace - 0.5  # the grace, not the reap, made it leave
     assert_quiet(s1, 1.0)  # once
