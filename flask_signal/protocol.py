@@ -155,7 +155,9 @@ def open_stream(
     )
     attached, head = attach(stream)
     broker.hub.add(stream)
-    signals.client_connected.send(sender, stream=stream)
+    # Per stream: no call into blinker when nothing listens (likewise on close).
+    if signals.client_connected.receivers:
+        signals.client_connected.send(sender, stream=stream)
     if log.isEnabledFor(logging.INFO):
         log.info(
             "stream opened: kind=%s swarm=%s cid=%s channels=%s",
@@ -216,7 +218,8 @@ class _Detach:
                     stream.end_reason,
                 )
             self.broker.hub.discard(self.stream)
-            signals.client_disconnected.send(self.sender, stream=self.stream)
+            if signals.client_disconnected.receivers:
+                signals.client_disconnected.send(self.sender, stream=self.stream)
 
 
 def wants_stream(environ: dict[str, Any]) -> bool:

@@ -132,7 +132,8 @@ class MemoryBroker(Broker):
             self._deliver(
                 initiator, framing.swarm_event("join", {"id": swarm_id, "cid": member.cid})
             )
-        signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
+        if signals.peer_joined.receivers:  # per peer: no blinker call when nobody listens
+            signals.peer_joined.send(self.sender, swarm_id=swarm_id, cid=member.cid)
         return member
 
     def _add_peer(self, swarm: _Swarm, member: Membership, stream: Stream) -> None:
@@ -220,7 +221,8 @@ class MemoryBroker(Broker):
             self._deliver(
                 initiator, framing.swarm_event("leave", {"id": swarm.id, "cid": peer.cid})
             )
-        signals.peer_left.send(self.sender, swarm_id=swarm.id, cid=peer.cid)
+        if signals.peer_left.receivers:
+            signals.peer_left.send(self.sender, swarm_id=swarm.id, cid=peer.cid)
 
     def resume_swarm(
         self, handle: str, stream: Stream, swarm_id: str | None = None
