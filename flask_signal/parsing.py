@@ -63,7 +63,9 @@ def accepts_event_stream(accept: str | None) -> bool:
     none. ``*/*`` and ``text/*`` accept it unless given ``q=0``; an explicit
     ``text/event-stream;q=0`` refuses it whatever the wildcards say.
     """
-    if accept is None or not accept.strip():
+    if accept is None or accept == "text/event-stream":  # what every EventSource sends
+        return True
+    if not accept.strip():
         return True
     best: tuple[int, float] = (-1, 0.0)
     for item in accept.split(","):
