@@ -923,26 +923,19 @@ class ResponseFraming:
         self.keep = False
 
 
-def response_head(
-    status: str,
-    headers: list[tuple[str, str]],
-    req: Request,
-    keep: bool,
-    body_length: int | None,
-    fixed: bytes,
-    framing: ResponseFraming,
-) -> bytes:
-    """The status line and header section of a response, and its framing in ``framing``.
+#: (status, headers) -> what :func:`_header_block` made of them (bounded by _CACHE_LIMIT)
+_blocks: dict[tuple[Any, ...], tuple[int, bytes, bytes, int | None, bool]] = {}
 
-    ``keep``: whether the connection may stay open as far as the server
-    knows; the app's ``Connection: close`` or a body ended by the close
-    clears it, and the head says which. ``body_length``: the whole body's
-    length when known. ``fixed``: header lines the server adds (Server, Date).
-    Raises TypeError/ValueError for what an app must not send: a name that is
-    not a token, a value with a control character (CR, LF, NUL, DEL...).
-    """
+
+def _header_block(
+    status: Any, headers: list[tuple[str, str]]
+) -> tuple[int, bytes, bytes, int | None, bool]:
+    """Check an app's status and headers; return the status code and line, the
+    header lines to send, the Content-Length given (if any) and whether the app
+    asked for ``Connection: close`` (that header itself is the server's to write)."""
     code, status_line = _status_line(status)
     length: int | None = None
+    close = False
     parts: list[str] = []
     kinds = _name_kinds
     for name, value in headers:
@@ -963,13 +956,51 @@ def response_head(
                 raise ValueError("negative Content-Length")
             parts += (name, ": ", value, "\r\n")
         elif kind == _CONNECTION and value.lower() == "close":
-            keep = False
+            close = True
+    return code, status_line, "".join(parts).encode("latin-1"), length, close
+
+
+def response_head(
+    status: str,
+    headers: list[tuple[str, str]],
+    req: Request,
+    keep: bool,
+    body_length: int | None,
+    fixed: bytes,
+    framing: ResponseFraming,
+) -> bytes:
+    """The status line and header section of a response, and its framing in ``framing``.
+
+    ``keep``: whether the connection may stay open as far as the server
+    knows; the app's ``Connection: close`` or a body ended by the close
+    clears it, and the head says which. ``body_length``: the whole body's
+    length when known. ``fixed``: header lines the server adds (Server, Date).
+    Raises TypeError/ValueError for what an app must not send: a name that is
+    not a token, a value with a control character (CR, LF, NUL, DEL...).
+    """
+    # Apps answer most requests with the same few header lists (every stream
+    # has the same): each distinct one is checked and serialized once.
+    try:
+        key = (status, *headers)
+        block = _blocks.get(key)
+    except TypeError:  # something unhashable, which _header_block refuses
+        key, block = (), None
+    if block is None:
+        block = _header_block(status, headers)
+        if key:
+            if len(_blocks) >= _CACHE_LIMIT:
+                _blocks.clear()  # bounded; what recurs comes back
+            _blocks[key] = block
+    code, status_line, lines, length, close = block
+    if close:
+        keep = False
     no_body = req.method == "HEAD" or code < 200 or code == 204 or code == 304
     chunked = False
+    extra = b""
     if length is None and not no_body:
         if body_length is not None:
             length = body_length
-            parts += ("Content-Length: ", str(body_length), "\r\n")
+            extra = b"Content-Length: %d\r\n" % body_length
         elif req.version >= (1, 1):
             chunked = True
         else:
@@ -979,14 +1010,15 @@ def response_head(
     framing.chunked = chunked
     framing.no_body = no_body
     framing.keep = keep
-    parts.append("\r\n")
     return b"".join(
         (
             status_line,
             fixed,
             _KEEP if keep else _CLOSE,
             _CHUNKED if chunked else b"",
-            "".join(parts).encode("latin-1"),
+            lines,
+            extra,
+            b"\r\n",
         )
     )
 
