@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from .. import framing
 from ..errors import BrokerUnavailable as BrokerUnavailable  # re-exported for brokers
@@ -43,9 +43,13 @@ class Delivery(Enum):
     NO_PEER = 4040
 
 
-@dataclass(frozen=True, slots=True)
-class Membership:
-    """A peer's place in a swarm: its ``connect`` data, and whether it created the swarm."""
+class Membership(NamedTuple):
+    """A peer's place in a swarm: its ``connect`` data, and whether it created the swarm.
+
+    A named tuple rather than a frozen dataclass: one is made for every stream
+    connect, and a tuple is made in C, where a frozen dataclass sets each field
+    through ``object.__setattr__``.
+    """
 
     id: str
     cid: str
