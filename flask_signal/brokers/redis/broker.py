@@ -272,6 +272,10 @@ class RedisBroker(Broker):
                 self.redis.ping()
         except BrokerUnavailable:
             return False
+        if self._started_in is not None and not self.listener.tried.is_set():
+            # Just started: the pub/sub connection's first attempt is still on its way
+            # (the PING, pipelined, can be answered before it).
+            self.listener.tried.wait(self.timing.connect_timeout)
         return self.listener.connected and self.listener.healthy()
 
     def stats(self) -> dict[str, Any]:
