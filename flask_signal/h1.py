@@ -31,7 +31,7 @@ pipelined request is not looked at before the one ahead of it is answered.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -185,7 +185,7 @@ class HeaderPolicy:
         # raw name -> (NAME, environ key, kind), for the names seen
         self.names: dict[str, tuple[str, str, int]] = {}
         # field line -> (NAME, environ key, kind, value), for short lines seen
-        self.fields: dict[bytes, tuple[str, str, int, str]] = {}
+        self.fields: dict[bytes, tuple[str, str, int, str, tuple[str, str]]] = {}
 
     def name(self, raw: str) -> tuple[str, str, int]:
         """(NAME, environ key, kind) of a field name known to be a token."""
@@ -205,14 +205,18 @@ class HeaderPolicy:
             self.names[raw] = found
         return found
 
-    def field(self, line: bytes, field_size: int) -> tuple[str, str, int, str]:
-        """(NAME, environ key, kind, value) of a field line; raises H1Error for a bad one."""
+    def field(self, line: bytes, field_size: int) -> tuple[str, str, int, str, tuple[str, str]]:
+        """(NAME, environ key, kind, value, (NAME, value)) of a field line; raises H1Error
+        for a bad one. The pair is what :attr:`Request.headers` lists, shared by every
+        request that sends the same line."""
         raw, colon, raw_value = line.decode("latin-1").partition(":")
         if not colon or _TOKEN_TEXT_RE.fullmatch(raw) is None:
             raise H1Error(400, "invalid header line")
         if len(line) + 2 > field_size:
             raise H1Error(431, "header field too large")
-        found = (*self.name(raw), raw_value.strip(" \t"))
+        name, key, kind = self.name(raw)
+        value = raw_value.strip(" \t")
+        found = (name, key, kind, value, (name, value))
         if len(line) <= 256:
             if len(self.fields) >= _CACHE_LIMIT:
                 self.fields.clear()  # bounded; what recurs comes back
@@ -259,7 +263,8 @@ class Request:
 
     def __init__(self, environ: dict[str, Any]) -> None:
         self.environ = environ
-        self.chunks: list[bytes] = []  # body received and not yet read by the app
+        # Body received and not yet read by the app; a list once there is some.
+        self.chunks: list[bytes] | tuple[()] = ()
         self.complete = False  # the whole body has been received
         self.content_length: int | None = None  # None: chunked
         self.discard = 0  # >0: the body is being skipped; bytes skipped + 1
@@ -371,7 +376,6 @@ class H1Parser:
         "remaining",
         "scan",
         "state",
-        "trailer_fields",
         "trusted",
     )
 
@@ -398,7 +402,6 @@ class H1Parser:
         self.scan = 0  # bytes of an incomplete head or trailer section checked
         self.crlfs = 0  # line ends counted in those bytes
         self.head_since = 0.0
-        self.trailer_fields: list[tuple[str, str]] = []
 
     @property
     def buffered(self) -> int:
@@ -614,7 +617,7 @@ class H1Parser:
             known = fields.get(field)
             if known is None:
                 known = policy.field(field, field_size)
-            name, key, kind, value = known
+            name, key, kind, value, pair = known
             if kind:
                 if kind == _K_SINGLETON:
                     if seen is None:
@@ -649,7 +652,7 @@ class H1Parser:
                     raise H1Error(400, "contradictory scheme headers")
                 req.scheme = scheme
                 scheme_set = True
-            headers.append((name, value))
+            headers.append(pair)
             if key in env:
                 if repeated is None:
                     repeated = {}
@@ -928,7 +931,7 @@ _blocks: dict[tuple[Any, ...], tuple[int, bytes, bytes, int | None, bool]] = {}
 
 
 def _header_block(
-    status: Any, headers: list[tuple[str, str]]
+    status: Any, headers: Sequence[tuple[str, str]]
 ) -> tuple[int, bytes, bytes, int | None, bool]:
     """Check an app's status and headers; return the status code and line, the
     header lines to send, the Content-Length given (if any) and whether the app
@@ -962,7 +965,7 @@ def _header_block(
 
 def response_head(
     status: str,
-    headers: list[tuple[str, str]],
+    headers: Sequence[tuple[str, str]],
     req: Request,
     keep: bool,
     body_length: int | None,

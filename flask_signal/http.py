@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from email.utils import formatdate
 from time import monotonic
@@ -108,7 +108,7 @@ class Input:
             chunks = req.chunks
             if chunks:
                 data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
+                req.chunks = ()
                 return data
             if req.complete:
                 return b""
@@ -212,7 +212,7 @@ class ResponseInfo:
 
     __slots__ = ("headers", "response_length", "sent", "status", "status_code")
 
-    def __init__(self, status: str, headers: list[tuple[str, str]], sent: int) -> None:
+    def __init__(self, status: str, headers: Sequence[tuple[str, str]], sent: int) -> None:
         self.status = status
         self.status_code = int(status[:3]) if status[:3].isdigit() else 0
         self.headers = headers
@@ -280,6 +280,21 @@ class HTTPServer:
         self.alive = True
         self.nr = 0
         self.connections: set[Connection] = set()
+        self._bases: dict[tuple[tuple[str, str], str], dict[str, Any]] = {}
+
+    def base_environ(self, listener: tuple[str, str], scheme: str) -> dict[str, Any]:
+        """What every request on ``listener`` shares: ``environ`` (complete before the
+        first connection), the server's name and port, SCRIPT_NAME and the scheme.
+        One dict per listener, copied into each request's environ; a connection
+        adds its client's address and socket (:meth:`Connection.prepare`)."""
+        base = self._bases.get((listener, scheme))
+        if base is None:
+            base = self.environ.copy()
+            base["SERVER_NAME"], base["SERVER_PORT"] = listener
+            base["SCRIPT_NAME"] = self.script_name
+            base["wsgi.url_scheme"] = scheme
+            self._bases[listener, scheme] = base
+        return base
 
     def handle(self, listener: tuple[str, str], sock: Any, addr: Any) -> None:
         """Serve one accepted connection until it closes (a StreamServer handler)."""
@@ -327,21 +342,22 @@ class HTTPServer:
             self.alive = False
 
 
-class Connection:
-    """One client connection: the request loop over its parser, and the response writer."""
+class Connection(ResponseFraming):
+    """One client connection: the request loop over its parser, and the response writer.
+
+    It is its own :class:`~flask_signal.h1.ResponseFraming`: the framing of the
+    response being written (``code``, ``chunked``, ``keep``, ``length``, ``no_body``).
+    """
 
     __slots__ = (
         "__weakref__",
-        "chunked",
         "error",
-        "framing",
         "greenlet",
         "headers_sent",
-        "keep",
-        "length",
-        "no_body",
         "parser",
         "raw",
+        "remote_addr",
+        "remote_port",
         "resp_headers",
         "sent",
         "server",
@@ -366,22 +382,20 @@ class Connection:
         trusted = (
             server.proxy_rules and server.trusted_proxy is not None and server.trusted_proxy(addr)
         )
-        base = server.environ.copy()
-        base["SERVER_NAME"], base["SERVER_PORT"] = listener
-        base["REMOTE_ADDR"] = remote_addr
-        base["REMOTE_PORT"] = remote_port
-        base["SCRIPT_NAME"] = server.script_name
-        base["gunicorn.socket"] = sock
-        base["wsgi.url_scheme"] = "https" if hasattr(sock, "getpeercert") else "http"
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        scheme = "https" if hasattr(sock, "getpeercert") else "http"
+        base = server.base_environ(listener, scheme)
         self.parser = H1Parser(server.limits, server.policy, base, bool(trusted))
         self.error: H1Error | None = None
         self.waiting = 0.0  # since when it waits for a request (0: busy)
         self.greenlet: Greenlet | None = None
         self.serving: Request | None = None
         self.status: str | None = None
-        self.resp_headers: list[tuple[str, str]] = []
+        self.resp_headers: Sequence[tuple[str, str]] = ()
         self.headers_sent = False
-        self.framing = ResponseFraming()
+        # How the response goes out (ResponseFraming, set by response_head).
+        self.code = 0
         self.chunked = False
         self.no_body = False
         self.keep = False
@@ -414,8 +428,10 @@ class Connection:
         if type(event) is bytes:
             if req.discard:
                 req.discard += len(event)
-            else:
+            elif type(req.chunks) is list:
                 req.chunks.append(event)
+            else:
+                req.chunks = [event]
             if self.parser.end_of_body():
                 req.complete = True
             return True
@@ -500,6 +516,9 @@ class Connection:
         """Finish ``req``'s environ and take the body already received; False to refuse it."""
         server = self.server
         env = req.environ
+        env["REMOTE_ADDR"] = self.remote_addr
+        env["REMOTE_PORT"] = self.remote_port
+        env["gunicorn.socket"] = self.sock
         if req.scheme:
             env["wsgi.url_scheme"] = req.scheme
         if self.parser.trusted and "HTTP_SCRIPT_NAME" in env:
@@ -623,7 +642,7 @@ class Connection:
 
     def drain(self, req: Request) -> bool:
         """Skip the unread rest of ``req``'s body so the next request can be read."""
-        req.chunks.clear()
+        req.chunks = ()
         req.discard = 1
         parser = self.parser
         self.waiting = monotonic()
@@ -689,21 +708,15 @@ class Connection:
         status = self.status
         if status is None:
             raise AssertionError("the app did not call start_response")
-        framing = self.framing
-        head = response_head(
+        return response_head(
             status,
             self.resp_headers,
             req,
             self.may_keep(req),
             body_length,
             self.server.server_line + _server_date(),
-            framing,
+            self,
         )
-        self.length = framing.length
-        self.chunked = framing.chunked
-        self.no_body = framing.no_body
-        self.keep = framing.keep
-        return head
 
     def write_result(self, req: Request, result: Any) -> bool:
         """Write the app's result; True when the connection may serve another request."""
@@ -782,8 +795,6 @@ class Connection:
 
     def answer_error(self, error: H1Error) -> None:
         """Answer a request the parser refused; the connection then closes."""
-        self.server.log.warning(
-            "Invalid request from ip=%s: %s", self.parser.base["REMOTE_ADDR"], error
-        )
+        self.server.log.warning("Invalid request from ip=%s: %s", self.remote_addr, error)
         with contextlib.suppress(_ClientGone):
             self.send_simple(error.status, REASONS.get(error.status, "Bad Request"), False)
