@@ -567,13 +567,18 @@ class Connection(ResponseFraming):
             if server.on_request is not None:
                 server.on_request(req)
             result = server.app(env, self.start_response)
+            if start is None and server.after_request is None:
+                # Nothing of ours reads the environ again (only the access log and
+                # post_request hook would): a stream should not keep it, some 1 KB
+                # with its values, for as long as its client stays.
+                env = req.environ = {}
             keep = self.write_result(req, result)
         except _ClientGone as exc:
             server.log.debug("Client gone while answering %s %s: %s", req.method, req.uri, exc)
             return False
         except ClientDisconnected as exc:
             # The body was cut short or malformed: the client's fault, no traceback.
-            server.log.warning("Invalid request from ip=%s: %s", env["REMOTE_ADDR"], exc)
+            server.log.warning("Invalid request from ip=%s: %s", self.remote_addr, exc)
             if not self.headers_sent and self.error is not None:
                 self.answer_error(self.error)
             return False
