@@ -323,10 +323,17 @@ class LocalHub:
         counts["events_out"] += reached
         return reached
 
-    def end_channel(self, channel: str, reason: str = "channel closed") -> int:
+    def end_channel(
+        self, channel: str, reason: str = "channel closed", *, retry_spread: float | None = None
+    ) -> int:
+        """End every stream of ``channel``; with ``retry_spread``, after a ``retry:`` hint
+        spread over that many seconds (see :func:`end_with_retry`)."""
         members = tuple(self.channels.get(channel, ()))
         for stream in members:
-            stream.end(reason)
+            if retry_spread is None:
+                stream.end(reason)
+            else:
+                end_with_retry(stream, reason, retry_spread)
         return len(members)
 
     def count(self, channel: str | None = None) -> int:

@@ -7,6 +7,7 @@ waiting on a stream (a gevent queue) lets the brokers' greenlets run.
 from __future__ import annotations
 
 import json
+import re
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -69,6 +70,17 @@ def ended(stream: Stream, timeout: float = 10) -> str | None:
         while next_frame(stream, None) != ENDED:
             pass
     return stream.end_reason
+
+
+def ended_with_retry(stream: Stream, timeout: float = 10) -> tuple[str | None, int | None]:
+    """Drain the stream until it ends: its end reason, and the ``retry:`` (ms) of its
+    last frame, None if that frame gives none."""
+    last = b""
+    with gevent.Timeout(timeout, AssertionError(f"{stream!r} did not end in {timeout} s")):
+        while (frame := next_frame(stream, None)) != ENDED:
+            last = frame or last
+    retry = re.search(rb"^retry: (\d+)$", last, re.M)
+    return stream.end_reason, int(retry.group(1)) if retry else None
 
 
 def swarm(a: Broker, b: Broker) -> tuple[Membership, Stream, Membership, Stream]:

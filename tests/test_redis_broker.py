@@ -41,6 +41,7 @@ from .broker_support import (
     assert_quiet,
     data_of,
     ended,
+    ended_with_retry,
     event_of,
     frame_of,
     ids_of,
@@ -670,7 +671,9 @@ def test_a_flushed_history_ends_channel_streams(own_redis: RedisServer, make: Fa
         frame_of(ch)
     redis.Redis.from_url(own_redis.url).flushall()
     b.publish(["f"], "new epoch")  # sequence number 1 again: a's stream must not miss it
-    assert ended(ch) == "broker unavailable"
+    reason, retry = ended_with_retry(ch)
+    assert reason == "broker unavailable"
+    assert retry is not None and 250 <= retry <= 3250  # soon, and spread
 
 
 def test_history_lost_while_the_pubsub_link_was_down_ends_channel_streams(
@@ -704,7 +707,9 @@ def test_history_lost_while_the_pubsub_link_was_down_ends_channel_streams(
     for i in range(5):
         b.publish(["r"], f"new {i}")  # sequence numbers 1 to 5 of a new epoch
     gate.set()
-    assert ended(ch) == "broker unavailable"
+    reason, retry = ended_with_retry(ch)
+    assert reason == "broker unavailable"
+    assert retry is not None and 250 <= retry <= 3250
 
 
 # -- round trips -------------------------------------------------------------------

@@ -55,8 +55,8 @@ PRESENCE_REFRESH = 60.0
 #: How long a resume waits for the previous process of a peer to hand Redis the
 #: frames that were on their way to it (ms); past it, the resume goes ahead.
 DRAINING_MS = 2000
-#: Seconds over which the streams of a swarm whose log no longer reaches back to a pub/sub
-#: outage spread their reconnections.
+#: Seconds over which streams ended by a loss in Redis (a swarm whose log no longer reaches
+#: back to a pub/sub outage, channel history gone) spread their reconnections.
 GAP_SPREAD = 3.0
 
 
@@ -1191,8 +1191,10 @@ class RedisBroker(Broker):
         channel streams, whose clients resume and are told that history was lost."""
         log.warning("channel history in Redis was lost; ending channel streams")
         self._epoch = None
+        # Soon and spread: a client comes back to learn what it missed, not after an
+        # EventSource's default 3 s, and not all of them in the same instant.
         for stream in tuple(self._subscribed):
-            stream.end("broker unavailable")
+            end_with_retry(stream, "broker unavailable", GAP_SPREAD)
 
     def _catch_up_channels(self) -> None:
         streams = [stream for stream in self._subscribed if not stream.ended]
@@ -1204,7 +1206,7 @@ class RedisBroker(Broker):
         for name in sorted({name for stream in streams for name in stream.channels}):
             _, _, lost, events = self._read_history([name], last_id)
             if lost:
-                self.hub.end_channel(name, "broker unavailable")
+                self.hub.end_channel(name, "broker unavailable", retry_spread=GAP_SPREAD)
                 continue
             collected += [(seq, name, frame) for seq, frame in events.items()]
         # In the order they were published, so that no stream skips an older one.
