@@ -304,3 +304,89 @@ def test_a_signal_post_is_one_round_trip(own_redis: RedisServer, prefix: str) ->
     finally:
         broker.leave_swarm(initiator)
         broker.close()
+
+
+def test_a_caller_on_an_idle_connection_writes_its_own_command(mux: Mux) -> None:
+    """One caller at a time: each finds the connection idle and writes its command
+    itself; the replies are its own, over the one connection."""
+    assert mux.call("PING") == b"PONG"  # connects (through the writer)
+    before = mux.direct_writes()
+    assert [mux.call("ECHO", f"d{i}") for i in range(50)] == [f"d{i}".encode() for i in range(50)]
+    assert mux.direct_writes() == before + 50
+    assert mux.connects() == 1
+
+
+def test_callers_racing_the_direct_path_keep_their_order(mux: Mux) -> None:
+    """Callers arriving together on an idle connection, and while a long write is
+    under way: one writes directly, the others queue behind it, and every command
+    runs in the order it was called (the STRLEN after a 20 MB SET sees it whole)."""
+    mux.call("PING")
+    big = b"x" * (20 * 1024 * 1024)  # more than a socket buffer: its write yields
+    results: dict[int, Any] = {}
+
+    def work(i: int) -> None:
+        if i % 10 == 0:
+            mux.call("SET", f"big:{i}", big)
+            results[i] = mux.call("STRLEN", f"big:{i}")
+        else:
+            results[i] = [mux.call("ECHO", f"{i}:{n}") for n in range(5)]
+
+    before = mux.direct_writes()
+    gevent.joinall([gevent.spawn(work, i) for i in range(100)], raise_error=True)
+    for i in range(100):
+        if i % 10 == 0:
+            assert results[i] == len(big)
+        else:
+            assert results[i] == [f"{i}:{n}".encode() for n in range(5)]
+    # Some went directly (the first), most were queued behind writes under way.
+    assert 1 <= mux.direct_writes() - before < 100 * 5
+    assert mux.connects() == 1
+
+
+def test_a_direct_caller_that_gives_up_shifts_no_reply(mux: Mux) -> None:
+    """A caller that wrote its own command and timed out: "may have run", not
+    NotSent; the callers behind it get their own replies."""
+    mux.call("PING")
+    before = mux.direct_writes()
+    slow = gevent.spawn(mux.call, "BLPOP", "never", "1", timeout=0.2)
+    gevent.sleep(0.05)
+    assert mux.direct_writes() == before + 1
+    after = [gevent.spawn(mux.call, "ECHO", f"e{i}") for i in range(10)]
+    with pytest.raises(rexc.TimeoutError) as gave_up:
+        slow.get()
+    assert not isinstance(gave_up.value, NotSent)
+    assert [g.get() for g in after] == [f"e{i}".encode() for i in range(10)]
+    assert mux.call("ECHO", "last") == b"last"
+    assert mux.connects() == 1
+
+
+def test_a_connection_killed_under_a_direct_caller(own_redis: RedisServer, mux: Mux) -> None:
+    """Killed by Redis while a direct caller waits: "may have run"; a write that
+    fails under a direct caller (a broken pipe, made to happen) fails it the same way.
+    Either way the next call connects again."""
+    client = redis.Redis.from_url(own_redis.url)
+    first = mux.call("CLIENT", "ID")
+    before = mux.direct_writes()
+    waiting = gevent.spawn(mux.call, "BLPOP", "never", "5")
+    gevent.sleep(0.2)
+    assert mux.direct_writes() == before + 1
+    assert client.client_kill_filter(_id=first) == 1
+    with pytest.raises(rexc.ConnectionError) as lost:
+        waiting.get(timeout=5)
+    assert not isinstance(lost.value, NotSent)
+    assert mux.call("CLIENT", "ID") != first and mux.connects() == 2
+
+    lane = mux._lanes[0]
+    assert lane.link is not None
+    conn = lane.link.conn
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        conn._sock.send(b"*2\r\n$4\r\nECHO\r\n")  # half a command went out
+        raise rexc.ConnectionError("Error 32 while writing to socket. Broken pipe.")
+
+    conn.send_packed_command = broken
+    with pytest.raises(rexc.ConnectionError) as failed:
+        mux.call("ECHO", "lost")
+    assert not isinstance(failed.value, NotSent)
+    assert mux.call("ECHO", "again") == b"again" and mux.connects() == 3
+    assert others(client, besides=-1) == 1
