@@ -390,3 +390,47 @@ def test_a_connection_killed_under_a_direct_caller(own_redis: RedisServer, mux: 
     assert not isinstance(failed.value, NotSent)
     assert mux.call("ECHO", "again") == b"again" and mux.connects() == 3
     assert others(client, besides=-1) == 1
+
+
+def test_a_leading_caller_hands_later_replies_to_the_reader(mux: Mux) -> None:
+    """The caller that wrote on an idle connection reads its own reply; commands
+    written after it are answered through the reader, whether the leader gets its
+    reply, or is killed while it waits (its reply is then dropped)."""
+    mux.call("PING")
+    lead = gevent.spawn(mux.call, "BLPOP", "never", "0.5")
+    gevent.sleep(0.05)
+    behind = [gevent.spawn(mux.call, "ECHO", f"b{i}") for i in range(10)]
+    assert lead.get(timeout=5) is None
+    assert [g.get(timeout=5) for g in behind] == [f"b{i}".encode() for i in range(10)]
+
+    before = mux.direct_writes()
+    killed = gevent.spawn(mux.call, "BLPOP", "never", "0.5")
+    gevent.sleep(0.05)
+    assert mux.direct_writes() == before + 1
+    behind = [gevent.spawn(mux.call, "ECHO", f"k{i}") for i in range(10)]
+    gevent.sleep(0.05)
+    killed.kill()
+    assert [g.get(timeout=5) for g in behind] == [f"k{i}".encode() for i in range(10)]
+    assert mux.call("ECHO", "last") == b"last"
+    assert mux.connects() == 1
+
+
+def test_a_leading_caller_gives_up_a_stalled_connection(own_redis: RedisServer) -> None:
+    """Redis stopped under a leading caller that would wait longer than the
+    connection's timeout: the connection is given up after its timeout, the call
+    fails as "may have run", and the next call connects again."""
+    mux = make_mux(own_redis.url, timeout=0.3)
+    try:
+        mux.call("PING")
+        before = mux.direct_writes()
+        pause = _pause(own_redis, 1.0)
+        # Had it waited for the caller's 5 s, Redis would have answered after 1 s.
+        with pytest.raises(rexc.TimeoutError) as stalled:
+            mux.call("ECHO", "stalled", timeout=5.0)
+        assert not isinstance(stalled.value, NotSent)
+        assert mux.direct_writes() == before + 1
+        pause.join()
+        assert mux.call("ECHO", "again") == b"again"
+        assert mux.connects() == 2
+    finally:
+        mux.close()

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import gevent
 from gevent.event import AsyncResult, Event
-from gevent.socket import wait_read
+from gevent.socket import wait, wait_read
 from redis import exceptions as rexc
 from redis._parsers import helpers as _parsers
 from redis.client import EMPTY_RESPONSE, NEVER_DECODE
@@ -71,7 +72,7 @@ class _Call:
 class _Link:
     """One connection, with the calls written to it and not yet answered."""
 
-    __slots__ = ("conn", "dead", "inflight", "reader", "wake")
+    __slots__ = ("conn", "dead", "inflight", "led", "reader", "wake", "watcher")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -79,6 +80,11 @@ class _Link:
         self.wake = Event()
         self.dead = False
         self.reader: gevent.Greenlet[Any, Any] | None = None
+        #: Set while a caller reads its own reply (see :meth:`_Lane.lead`): the
+        #: reader greenlet stays out of the way.
+        self.led = False
+        #: The leading caller's readiness watcher on the socket, made once.
+        self.watcher: Any = None
 
 
 class _Lane:
@@ -100,13 +106,14 @@ class _Lane:
         #: How many calls their callers wrote themselves (for tests and stats).
         self.direct = 0
 
-    def submit(self, call: _Call) -> None:
+    def submit(self, call: _Call) -> _Link | None:
         """Send a call, or queue it for the writer.
 
         A caller that finds the connection idle (nothing queued, written or being
-        written) writes its own command: no wake-up of the writer, two greenlet
-        switches less. While commands are in flight, new ones queue for the writer,
-        whose one write carries them all (fewer writes and reads on both sides)."""
+        written) writes its own command and then reads its own reply (the link is
+        returned: see :meth:`lead`): neither the writer nor the reader is woken.
+        While commands are in flight, new ones queue for the writer, whose one write
+        carries them all (fewer writes and reads on both sides)."""
         link = self.link
         if (
             not self.queue
@@ -119,10 +126,11 @@ class _Lane:
             and not link.conn.can_read()
         ):
             self.direct += 1
-            self._send(link, [call], call.payload)
-            return
+            self._send(link, [call], call.payload, lead=True)
+            return link
         self.queue.append(call)
         self._kick()
+        return None
 
     def _kick(self) -> None:
         if self.writer is None or self.writer.dead:
@@ -152,13 +160,19 @@ class _Lane:
                 batch, self.queue = self.queue, deque()
                 self._send(link, batch, b"".join([call.payload for call in batch]))
 
-    def _send(self, link: _Link, batch: Sequence[_Call], payload: bytes) -> None:
+    def _send(
+        self, link: _Link, batch: Sequence[_Call], payload: bytes, lead: bool = False
+    ) -> None:
         """Write calls on the link, in the greenlet that asks (writer or caller); one
-        write at a time (``busy``), so that two never interleave on the socket."""
+        write at a time (``busy``), so that two never interleave on the socket.
+        ``lead``: the caller reads the reply itself, the reader is not woken."""
         self.busy = True
         # From here each of them may reach Redis.
         link.inflight.extend(batch)
-        link.wake.set()
+        if lead:
+            link.led = True
+        else:
+            link.wake.set()
         try:
             link.conn.send_packed_command([payload], check_health=False)
         except BaseException as exc:
@@ -198,7 +212,7 @@ class _Lane:
     def _read_loop(self, link: _Link) -> None:
         conn, inflight = link.conn, link.inflight
         while not link.dead:
-            if not inflight:
+            if not inflight or link.led:
                 link.wake.clear()
                 link.wake.wait()
                 continue
@@ -225,6 +239,66 @@ class _Lane:
                 if not call.abandoned:
                     call.result.set(call.replies)
 
+    def lead(self, link: _Link, call: _Call, timeout: float) -> bool:
+        """Read replies in the caller until its own call has its result (True), or its
+        ``timeout`` is up first (False; it gives up its place in line).
+
+        Only a caller that wrote its command on an idle link leads: its reply is the
+        first owed, and nobody else reads meanwhile. Leaving, for whatever reason, it
+        hands the replies still owed (commands written after its own) to the reader.
+        """
+        conn, inflight = link.conn, link.inflight
+        quiet_since = time.monotonic()
+        deadline = quiet_since + timeout
+        try:
+            while not call.result.ready() and not link.dead:
+                if not conn.can_read():
+                    now = time.monotonic()
+                    # The link is given up as the reader would: no reply for its timeout.
+                    stalled_at = quiet_since + self.timeout
+                    until = min(deadline, stalled_at)
+                    if until <= now:
+                        if stalled_at <= deadline:
+                            self._lost(link, _STALLED)
+                            break
+                        return False  # the caller's time is up, not the link's
+                    if link.watcher is None:
+                        link.watcher = gevent.get_hub().loop.io(conn._sock.fileno(), 1)
+                    try:
+                        wait(link.watcher, timeout=until - now, timeout_exc=_STALLED)
+                    except rexc.TimeoutError:
+                        pass  # decided above, on the next turn
+                    except BaseException:
+                        if call.result.ready():
+                            break  # _lost cancelled the wait: the call has its error
+                        raise
+                    continue
+                try:
+                    reply = conn.read_response(disconnect_on_error=False)
+                except rexc.ResponseError as exc:
+                    reply = exc
+                except BaseException as exc:
+                    # Stopped halfway through a reply, the stream cannot be trusted.
+                    self._lost(link, exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    break
+                if not inflight:
+                    self._lost(link, rexc.ConnectionError("unexpected reply from Redis"))
+                    break
+                quiet_since = time.monotonic()
+                first = inflight[0]
+                first.replies.append(reply)
+                if len(first.replies) == first.count:
+                    inflight.popleft()
+                    if not first.abandoned:
+                        first.result.set(first.replies)
+            return True
+        finally:
+            link.led = False
+            if inflight and not link.dead:
+                link.wake.set()
+
     def _lost(self, link: _Link, exc: BaseException) -> None:
         """The link is dead: every call written to it fails, outcome unknown."""
         if link.dead:
@@ -232,12 +306,20 @@ class _Lane:
         link.dead = True
         if self.link is link:
             self.link = None
-        link.conn.disconnect()
         error: Exception
         if isinstance(exc, rexc.TimeoutError | TimeoutError):
             error = rexc.TimeoutError(f"Redis did not answer: {exc}")
         else:
             error = rexc.ConnectionError(f"connection to Redis lost: {exc}")
+        watcher, link.watcher = link.watcher, None
+        if watcher is not None and watcher.callback is not None:
+            # A leading caller waits on the socket: woken with the error (it finds its
+            # call failed), then the socket closes, never under an active watcher.
+            gevent.get_hub().cancel_waits_close_and_then([watcher], error, link.conn.disconnect)
+        else:
+            if watcher is not None:
+                watcher.close()
+            link.conn.disconnect()
         failed, link.inflight = link.inflight, deque()
         for call in failed:
             _fail(call, error)
@@ -312,11 +394,12 @@ class Mux:
         payload = self._pack(commands)
         lane = next(self._next) if self.size > 1 else self._lanes[0]
         call = _Call(payload, len(commands))
-        lane.submit(call)
+        wait = self.timeout if timeout is None else timeout
         try:
-            replies: list[Any] = call.result.get(
-                timeout=self.timeout if timeout is None else timeout
-            )
+            link = lane.submit(call)
+            if link is not None and not lane.lead(link, call, wait):
+                raise gevent.Timeout
+            replies: list[Any] = call.result.get(timeout=wait)
             return replies
         except gevent.Timeout:
             call.abandoned = True
