@@ -14,7 +14,7 @@ from typing import Any
 
 import gevent
 
-from flask_signal.brokers import Broker, Membership
+from flask_signal.brokers import Broker, Membership, resume_position
 from flask_signal.hub import ENDED, Stream
 
 
@@ -105,3 +105,17 @@ def ids_of(frames: list[bytes]) -> list[str]:
 
 def data_of(frame: bytes) -> str:
     return "\n".join(line[6:] for line in frame.decode().split("\n") if line.startswith("data: "))
+
+
+def frame_number(event_id: str) -> int:
+    """The peer's frame number an SSE ``id`` (a resume handle) carries."""
+    position = resume_position(event_id)
+    assert position is not None, event_id
+    return position[1]
+
+
+def log_number(event_id: str) -> int | None:
+    """The swarm log number an SSE ``id`` carries (``None``: an id without one)."""
+    position = resume_position(event_id)
+    assert position is not None, event_id
+    return position[2]

@@ -41,6 +41,7 @@ from .broker_support import (
     assert_quiet,
     ended,
     event_of,
+    frame_number,
     frame_of,
     ids_of,
     stream,
@@ -560,8 +561,8 @@ def test_a_lost_peer_resumes_on_any_process_with_every_signal_in_order(make: Fac
     frames = [frame_of(s3) for _ in range(4)]
     got = [event_of_frame(f) for f in frames]
     assert got == [("signal", {"n": n}) for n in (1, 2, 3)] + [("signal", "all")]
-    numbers = [int(last_id(f)[31:]) for f in frames]
-    assert numbers == list(range(int(handle[31:]) + 1, int(handle[31:]) + 5))
+    numbers = [frame_number(last_id(f)) for f in frames]
+    assert numbers == list(range(frame_number(handle) + 1, frame_number(handle) + 5))
     # Live again, once each; the initiator saw no leave and no join.
     assert b.signal(m1.id, "live", cid=m2.cid, token=m1.token) is Delivery.OK
     assert event_of(s3) == ("signal", "live")

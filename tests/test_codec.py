@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flask_signal import framing
+from flask_signal.brokers import new_resume_key, resume_id, resume_position
 from flask_signal.brokers.redis import RedisBroker, codec
 from flask_signal.hub import LocalHub
 
@@ -33,6 +35,21 @@ def test_swarm_messages_round_trip(cid: str, frame: bytes) -> None:
     assert codec.decode(codec.closed(cid)) == codec.Closed(cid)
     assert codec.decode(codec.to_client(frame)) == codec.ToClient(frame)
     assert codec.decode(codec.drop()) == codec.Drop()
+
+
+@given(
+    seq=st.integers(min_value=1, max_value=10**9 - 1),
+    log=st.one_of(st.none(), st.integers(min_value=0, max_value=10**18)),
+)
+def test_resume_ids_round_trip_as_digits(seq: int, log: int | None) -> None:
+    """A swarm frame's id, with or without the swarm log number: digits that JSON.parse
+    reads (moshpit), beginning with the resume key, and read back as they were made."""
+    key = new_resume_key()
+    value = resume_id(key.encode(), seq, log).decode()
+    assert value.isdigit() and value.startswith(key) and value[0] != "0"
+    assert isinstance(json.loads(value), int)
+    assert resume_position(value) == (key, seq, log)
+    assert resume_position(value + "x") is None
 
 
 @given(

@@ -43,8 +43,10 @@ from .broker_support import (
     ended,
     ended_with_retry,
     event_of,
+    frame_number,
     frame_of,
     ids_of,
+    log_number,
     next_frame,
     stream,
     swarm,
@@ -139,8 +141,8 @@ def test_a_dead_process_peer_resumes_elsewhere_within_its_grace(make: Factory) -
     assert back is not None and (back.cid, back.initiator) == (m2.cid, False)
     frames = [frame_of(s3) for _ in range(3)]
     assert [json.loads(f.split(b"\n")[1][6:]) for f in frames] == [1, 2, "all"]
-    seq = int(handle[31:])
-    assert [int(i[31:]) for i in ids_of(frames)] == [seq + 1, seq + 2, seq + 3]
+    seq = frame_number(handle)
+    assert [frame_number(i) for i in ids_of(frames)] == [seq + 1, seq + 2, seq + 3]
     assert a.signal(m1.id, "live", cid=m2.cid) is Delivery.OK
     assert event_of(s3) == ("signal", "live")
     assert_quiet(s1, 1.0)  # no leave, no join
@@ -274,6 +276,128 @@ def test_the_reapers_lock_is_released_after_each_attempt(make: Factory) -> None:
     assert client.get(lock) is None  # ...released although it failed
     a.liveness.reap()
     assert client.get(lock) is None
+
+
+def gap_then_reap(a: RedisBroker, b: RedisBroker, member: Membership) -> None:
+    """``b`` dies (as kill -9); returns once ``a`` reaped it (``member`` in its grace)."""
+    b.halt()
+    assert not in_grace(a, member)
+
+
+def test_a_dead_process_peer_gets_what_was_sent_before_the_reap_from_the_log(
+    make: Factory,
+) -> None:
+    """kill -9 leaves a gap before the reap: frames its process had queued but not
+    written, and signals sent before the reap. The peer's ids carry the swarm log number
+    of each frame, so the resume replays them from the log: each once, in order, after
+    the last frame its client got, and what came after the reap from its queue."""
+    options = {"resume_grace": 10, **REAPED_FAST}
+    a, b = make(**options), make(**options)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid, token=m1.token) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    assert log_number(handle)  # a log number, not 0
+    # Queued on b's stream, never written to its client.
+    assert a.signal(m1.id, 1, cid=m2.cid, token=m1.token) is Delivery.OK
+    assert data_of(frame_of(s2)) == "1"
+    gap_then_reap(a, b, m2)
+    assert a.signal(m1.id, 2, cid=m2.cid, token=m1.token) is Delivery.OK  # b is dead
+    assert a.signal(m1.id, "all", token=m2.token) is Delivery.OK
+    assert event_of(s1) == ("signal", "all")
+    assert not in_grace(a, m2)  # all that before the reap
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    assert a.signal(m1.id, 3, cid=m2.cid, token=m1.token) is Delivery.OK  # after it
+    back = a.resume_swarm(handle, s3 := stream(), m1.id)
+    assert back is not None and (back.cid, back.initiator) == (m2.cid, False)
+    frames = [frame_of(s3) for _ in range(4)]
+    assert [json.loads(data_of(f)) for f in frames] == [1, 2, "all", 3]
+    seq = frame_number(handle)
+    ids = ids_of(frames)
+    assert [frame_number(i) for i in ids] == [seq + 1, seq + 2, seq + 3, seq + 4]
+    assert_quiet(s3)
+    assert a.signal(m1.id, "live", cid=m2.cid) is Delivery.OK
+    assert event_of(s3) == ("signal", "live")
+    assert_quiet(s1, 0.5)  # no leave, no join
+    del s2
+
+
+def test_a_dead_process_peer_that_got_only_its_connect_frame_resumes_from_its_join(
+    make: Factory,
+) -> None:
+    """The connect frame's id carries no log number (it is sent before the join's):
+    the resume starts from the peer's own "joined" message in the log."""
+    options = {"resume_grace": 10, **REAPED_FAST}
+    a, b = make(**options), make(**options)
+    s1, s2 = stream(), stream()
+    m1 = a.create_swarm(s1)
+    assert a.signal(m1.id, "before", token=m1.token) is Delivery.OK  # not for the joiner
+    assert event_of(s1) == ("connect", m1.connect_data())
+    assert event_of(s1) == ("signal", "before")
+    m2 = b.join_swarm(m1.id, s2)
+    assert m2 is not None
+    handle = ids_of([frame_of(s2)])[0]
+    assert (frame_number(handle), log_number(handle)) == (1, 0)
+    assert event_of(s1) == ("join", {"id": m1.id, "cid": m2.cid})
+    gap_then_reap(a, b, m2)
+    assert a.signal(m1.id, "gap", token=m1.token) is Delivery.OK
+    assert a.signal(m1.id, 1, cid=m2.cid, token=m1.token) is Delivery.OK
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    back = a.resume_swarm(handle, s3 := stream(), m1.id)
+    assert back is not None and back.cid == m2.cid
+    assert [event_of(s3) for _ in range(2)] == [("signal", "gap"), ("signal", 1)]
+    assert_quiet(s3)
+    del s2
+
+
+def test_a_dead_process_initiator_gets_the_joins_and_leaves_of_the_gap(make: Factory) -> None:
+    options = {"resume_grace": 10, **REAPED_FAST}
+    a, b = make(**options), make(**options)
+    m1, s1, m2, s2 = swarm(b, a)  # the initiator on b, which dies
+    assert a.signal(m1.id, "hi", token=m2.token) is Delivery.OK
+    assert event_of(s2) == ("signal", "hi")
+    handle = ids_of([frame_of(s1)])[0]
+    m3 = a.join_swarm(m1.id, s3 := stream())  # b got its join, its client did not
+    assert m3 is not None
+    gap_then_reap(a, b, m1)
+    m4 = a.join_swarm(m1.id, s4 := stream())
+    assert m4 is not None
+    a.leave_swarm(m3, s3)
+    assert a.signal(m1.id, "gap", token=m2.token) is Delivery.OK
+    assert not in_grace(a, m1)
+    wait_until(lambda: in_grace(a, m1), timeout=10)
+    a.leave_swarm(m4, s4)  # after the reap: from its queue
+    back = a.resume_swarm(handle, s5 := stream())  # the create URL
+    assert back is not None and back.initiator and back.cid == m1.cid
+    got = [event_of(s5) for _ in range(5)]
+    assert got == [
+        ("join", {"id": m1.id, "cid": m3.cid}),
+        ("join", {"id": m1.id, "cid": m4.cid}),
+        ("leave", {"id": m1.id, "cid": m3.cid}),
+        ("signal", "gap"),
+        ("leave", {"id": m1.id, "cid": m4.cid}),
+    ]
+    assert_quiet(s5)
+    assert event_of(s2) == ("signal", "gap")
+    assert_quiet(s2)  # the peer that stayed saw no leave or join of the initiator
+    del s1
+
+
+def test_a_dead_process_peer_older_than_the_swarm_log_cannot_resume(make: Factory) -> None:
+    """What was sent before the reap no longer in the log: refused (204 over HTTP), and
+    the peer leaves, rather than resume with a silent gap."""
+    options = {"resume_grace": 10, "swarm_log": 4, **REAPED_FAST}
+    a, b = make(**options), make(**options)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    gap_then_reap(a, b, m2)
+    for n in range(1, 7):  # more than the log keeps
+        assert a.signal(m1.id, n, cid=m2.cid) is Delivery.OK
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    assert a.resume_swarm(handle, stream(), m1.id) is None
+    assert event_of(s1, timeout=5) == ("leave", {"id": m1.id, "cid": m2.cid})
+    assert a.authenticate(m1.id, m2.token) is Delivery.BAD_TOKEN
+    del s2
 
 
 # -- channels ----------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.broker_support import frame_number, log_number
 from tests.servers import Pair, install_node_modules, start_pair
 from tests.support import SSE, Peer, Server
 
@@ -407,26 +408,31 @@ def test_an_orderly_close_cannot_be_resumed_on_the_other_process(pair: Pair) -> 
 # -- kill -9 of the process that held a peer ------------------------------------------------
 
 
-def test_a_peer_of_a_killed_worker_resumes_on_another_process(
-    tmp_path: Path,
-    redis_url: str,
-) -> None:
-    """The worker holding a peer's stream is killed (SIGKILL): its client reconnects to
-    another process and is asked to come back until the reaper has put the peer in its
-    grace; then it resumes with its cid and token and every signal sent to it since, and
-    its initiator sees no leave and no join."""
-    import redis
-
+def killed_pair(tmp_path: Path, redis_url: str, **options: Any) -> tuple[Pair, str]:
+    """Two servers whose dead processes are reaped within 4 s; and their key prefix."""
     key_prefix = f"k9{uuid.uuid4().hex[:8]}:"
     settings = {
         **GRACE,
         "resume_grace": 15,
         "retry_after": 1,
         "redis_prefix": key_prefix,
-        # Reaped within 4 s of its death.
-        "broker_options": {"heartbeat_interval": 1.0, "peer_ttl": 3.0},
+        "broker_options": {"heartbeat_interval": 1.0, "peer_ttl": 3.0, **options},
     }
-    pair = start_pair(tmp_path, redis_url, settings)
+    return start_pair(tmp_path, redis_url, settings), key_prefix
+
+
+def test_a_peer_of_a_killed_worker_resumes_on_another_process(
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """The worker holding a peer's stream is killed (SIGKILL): its client reconnects to
+    another process and is asked to come back until the reaper has put the peer in its
+    grace; then it resumes with its cid and token and every signal sent to it since the
+    last frame it got (from the swarm log up to the reap, from its queue after), once, in
+    order, and its initiator sees no leave and no join."""
+    import redis
+
+    pair, key_prefix = killed_pair(tmp_path, redis_url)
     client = redis.Redis.from_url(redis_url)
     try:
         a, b = pair.servers
@@ -436,33 +442,131 @@ def test_a_peer_of_a_killed_worker_resumes_on_another_process(
         assert initiator.post(a.url, {"n": 0}, cid=peer.cid).status_code == 200
         assert peer.sse.next().json() == {"n": 0}
         handle = last_id(peer.sse)
+        assert log_number(handle)
+        swarm_key = f"{key_prefix}swarm:{{{initiator.id}}}"
         (worker,) = b.worker_pids()
         os.kill(worker, signal.SIGKILL)
+        # Between the death and the reap: lost before the swarm log carried frame ids.
+        assert initiator.post(a.url, {"n": 1}, cid=peer.cid).status_code == 200
+        assert initiator.post(a.url, {"all": 1}).status_code == 200
+        assert initiator.sse.next().json() == {"all": 1}
+        assert client.hget(swarm_key, f"g:{peer.cid}") is None, "reaped too soon for the test"
         assert peer.sse.wait_end(5)  # the kernel closed its connection
         # Too early: its dead process is not reaped yet. An EventSource follows the hint.
         with resume(f"{a.url}/{initiator.id}", handle) as early:
             assert early.status == 200
             assert early.wait_end(5) and b"retry: " in bytes(early.raw)
-        swarm_key = f"{key_prefix}swarm:{{{initiator.id}}}"
         deadline = time.monotonic() + 10
         while client.hget(swarm_key, f"g:{peer.cid}") is None:
             assert time.monotonic() < deadline, "the dead worker's peer was not reaped"
             time.sleep(0.1)
-        for n in (1, 2):
+        for n in (2, 3):
             assert initiator.post(a.url, {"n": n}, cid=peer.cid).status_code == 200
-        assert initiator.post(a.url, {"all": True}).status_code == 200
-        assert initiator.sse.next().json() == {"all": True}
+        assert initiator.post(a.url, {"all": 2}).status_code == 200
+        assert initiator.sse.next().json() == {"all": 2}
         with resume(f"{a.url}/{initiator.id}", handle) as back:
             assert back.status == 200
-            got = back.events(3)
-            assert [e.json() for e in got] == [{"n": 1}, {"n": 2}, {"all": True}]
-            seq = int(handle[31:])
-            assert [int((e.id or "")[31:]) for e in got] == [seq + 1, seq + 2, seq + 3]
+            got = back.events(5)
+            assert [e.json() for e in got] == [
+                {"n": 1},
+                {"all": 1},
+                {"n": 2},
+                {"n": 3},
+                {"all": 2},
+            ]
+            seq = frame_number(handle)
+            assert [frame_number(e.id or "") for e in got] == list(range(seq + 1, seq + 6))
             assert back.quiet(0.3) == []
             assert peer.post(a.url, {"back": peer.cid}).status_code == 200  # same token
             assert back.next().json() == {"back": peer.cid}
             assert initiator.sse.next().json() == {"back": peer.cid}
             assert initiator.sse.quiet(0.5) == []  # no leave, no join
+        initiator.close()
+    finally:
+        client.close()
+        pair.kill()
+
+
+def test_an_initiator_of_a_killed_worker_gets_the_joins_and_leaves_of_the_gap(
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    import redis
+
+    pair, key_prefix = killed_pair(tmp_path, redis_url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        a, b = pair.servers
+        initiator = Peer.open(b.url)
+        peer = Peer.open(f"{a.url}/{initiator.id}")
+        assert initiator.sse.next().event == "join"
+        handle = last_id(initiator.sse)
+        swarm_key = f"{key_prefix}swarm:{{{initiator.id}}}"
+        (worker,) = b.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        early = Peer.open(f"{a.url}/{initiator.id}")  # before the reap
+        early.close()
+        deadline = time.monotonic() + 5
+        while client.hexists(swarm_key, f"k:{early.cid}"):  # its leave went through
+            assert time.monotonic() < deadline, "the closed peer did not leave"
+            time.sleep(0.05)
+        assert peer.post(a.url, "gap").status_code == 200
+        assert peer.sse.next().json() == "gap"
+        assert client.hget(swarm_key, f"g:{initiator.cid}") is None, "reaped too soon"
+        deadline = time.monotonic() + 10
+        while client.hget(swarm_key, f"g:{initiator.cid}") is None:
+            assert time.monotonic() < deadline, "the dead worker's initiator was not reaped"
+            time.sleep(0.1)
+        late = Peer.open(f"{a.url}/{initiator.id}")  # after the reap
+        with resume(a.url, handle) as back:
+            assert back.status == 200
+            got = back.events(4)
+            assert [(e.event, e.json()) for e in got] == [
+                ("join", {"id": initiator.id, "cid": early.cid}),
+                ("leave", {"id": initiator.id, "cid": early.cid}),
+                ("signal", "gap"),
+                ("join", {"id": initiator.id, "cid": late.cid}),
+            ]
+            assert back.quiet(0.3) == []
+            assert peer.sse.quiet(0.2) == []  # the swarm never ended
+        late.close()
+        peer.close()
+    finally:
+        client.close()
+        pair.kill()
+
+
+def test_a_peer_of_a_killed_worker_whose_gap_left_the_swarm_log_gets_204(
+    tmp_path: Path,
+    redis_url: str,
+) -> None:
+    """More was sent to it before the reap than the swarm log keeps: its resume is
+    refused (204) and it leaves, rather than come back with a silent gap."""
+    import redis
+
+    pair, key_prefix = killed_pair(tmp_path, redis_url, swarm_log=4)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        a, b = pair.servers
+        initiator = Peer.open(a.url)
+        peer = Peer.open(f"{b.url}/{initiator.id}")
+        assert initiator.sse.next().event == "join"
+        assert initiator.post(a.url, 0, cid=peer.cid).status_code == 200
+        assert peer.sse.next().json() == 0
+        handle = last_id(peer.sse)
+        (worker,) = b.worker_pids()
+        os.kill(worker, signal.SIGKILL)
+        for n in range(1, 7):
+            assert initiator.post(a.url, n, cid=peer.cid).status_code == 200
+        swarm_key = f"{key_prefix}swarm:{{{initiator.id}}}"
+        deadline = time.monotonic() + 10
+        while client.hget(swarm_key, f"g:{peer.cid}") is None:
+            assert time.monotonic() < deadline, "the dead worker's peer was not reaped"
+            time.sleep(0.1)
+        with resume(f"{a.url}/{initiator.id}", handle) as back:
+            assert back.status == 204
+        leave = initiator.sse.next(timeout=3)
+        assert (leave.event, leave.json()["cid"]) == ("leave", peer.cid)
         initiator.close()
     finally:
         client.close()

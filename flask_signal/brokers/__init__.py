@@ -77,31 +77,57 @@ def new_resume_key() -> str:
     return str(secrets.randbelow(9) + 1) + f"{secrets.randbelow(10**30):030d}"
 
 
-def resume_id(key: bytes, seq: int) -> bytes:
-    """The SSE ``id`` of a peer's ``seq``-th frame: its resume key, then ``seq``."""
-    return key + b"%d" % seq
+def resume_id(key: bytes, seq: int, log: int | None = None) -> bytes:
+    """The SSE ``id`` of a peer's ``seq``-th frame: its resume key, then ``seq``.
+
+    With ``log`` (the number of the swarm log message the frame came from, ``0`` if
+    unknown; see :func:`resume_position`) the key is followed by ``0``, the count of
+    ``seq``'s digits, ``seq``, then ``log``: still digits only.
+    """
+    if log is None:
+        return key + b"%d" % seq
+    digits = b"%d" % seq
+    return key + b"0%d%s%d" % (len(digits), digits, log)
 
 
-def stamp(frame: bytes, key: bytes, seq: int) -> bytes:
+def stamp(frame: bytes, key: bytes, seq: int, log: int | None = None) -> bytes:
     """``frame`` (a swarm event) with its ``id:`` line after the ``data:`` line.
 
     Digits only, so that clients which JSON-parse every line after the
     first (moshpit) read a number; an EventSource sends it back as
     ``Last-Event-ID`` when it reconnects.
     """
-    return frame[:-1] + b"id: " + resume_id(key, seq) + b"\n\n"
+    return frame[:-1] + b"id: " + resume_id(key, seq, log) + b"\n\n"
 
 
-def parse_resume(value: str) -> tuple[str, int] | None:
-    """A ``Last-Event-ID`` as (resume key, sequence number); ``None`` if it is not one."""
+def resume_position(value: str) -> tuple[str, int, int | None] | None:
+    """A ``Last-Event-ID`` as (resume key, frame number, swarm log number or ``None``
+    if the id carries none); ``None`` if it is not a resume handle.
+
+    A frame number never starts with ``0`` (the first frame is 1), so a ``0`` after
+    the key marks the form with a log number (:func:`resume_id`).
+    """
     if (
         len(value) <= RESUME_KEY_LENGTH
-        or len(value) > RESUME_KEY_LENGTH + 18
+        or len(value) > RESUME_KEY_LENGTH + 40
         or not value.isascii()
         or not value.isdigit()
     ):
         return None
-    return value[:RESUME_KEY_LENGTH], int(value[RESUME_KEY_LENGTH:])
+    key, rest = value[:RESUME_KEY_LENGTH], value[RESUME_KEY_LENGTH:]
+    if rest[0] != "0" or len(rest) == 1:
+        return (key, int(rest), None) if len(rest) <= 18 else None
+    digits = int(rest[1])
+    seq, log = rest[2 : 2 + digits], rest[2 + digits :]
+    if not digits or len(seq) != digits or not log or seq[0] == "0" or len(log) > 19:
+        return None
+    return key, int(seq), int(log)
+
+
+def parse_resume(value: str) -> tuple[str, int] | None:
+    """A ``Last-Event-ID`` as (resume key, sequence number); ``None`` if it is not one."""
+    position = resume_position(value)
+    return None if position is None else (position[0], position[1])
 
 
 def new_id() -> str:

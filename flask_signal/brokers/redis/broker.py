@@ -33,7 +33,7 @@ from .. import (
     new_epoch,
     new_id,
     new_resume_key,
-    parse_resume,
+    resume_position,
     split_event_id,
     token_digest,
 )
@@ -325,7 +325,7 @@ class RedisBroker(Broker):
         self.swarms.add_initiator(member.id, member.cid, stream)
         self.hub.peers[member.cid] = stream
         if resume_key:
-            self._numbered[member.cid] = Numbered(resume_key.encode())
+            self._numbered[member.cid] = self._numbering(resume_key.encode())
             self._index(resume_key, member.id, member.cid)
         self._put(stream, self.connect_frame(member))
         signals.swarm_created.send(self.sender, swarm_id=member.id, cid=member.cid)
@@ -344,7 +344,7 @@ class RedisBroker(Broker):
         self.hub.peers[member.cid] = stream
         resume_key = new_resume_key() if self.resume_grace else ""
         if resume_key:
-            self._numbered[member.cid] = Numbered(resume_key.encode())
+            self._numbered[member.cid] = self._numbering(resume_key.encode())
         self._put(stream, self.connect_frame(member))
         joined = 0
         try:
@@ -514,6 +514,7 @@ class RedisBroker(Broker):
 
         A numbered message (swarm log on) is applied once: live, or from the log after
         a pub/sub outage (see :meth:`_catch_up_swarms`), whichever comes first."""
+        seq = 0
         if payload[:1] == b"#":
             seq, payload = codec.numbered(payload)
             if seq <= self._applied.get(swarm_id, 0):
@@ -523,7 +524,7 @@ class RedisBroker(Broker):
         if isinstance(message, codec.Broadcast):
             peers = self.swarms.streams(swarm_id)
             for stream in peers:
-                self._put(stream, message.frame)  # encoded once by the sender
+                self._put(stream, message.frame, seq)  # encoded once by the sender
             counts["signals_out"] += len(peers)
             for (sid, _), draining in self._draining.items():
                 if sid == swarm_id:
@@ -531,7 +532,7 @@ class RedisBroker(Broker):
         elif isinstance(message, codec.Direct):
             target = self.swarms.peer(swarm_id, message.cid)
             if target is not None:
-                self._put(target, message.frame)
+                self._put(target, message.frame, seq)
                 counts["signals_out"] += 1
             elif (swarm_id, message.cid) in self._draining:
                 self._draining[swarm_id, message.cid].late.append(message.frame)
@@ -546,32 +547,37 @@ class RedisBroker(Broker):
                 numbered.live = True
         elif isinstance(message, codec.Joined):
             self.swarms.confirm_join(swarm_id, message.cid)
-            self._to_initiator(swarm_id, "join", message.cid)
+            self._to_initiator(swarm_id, "join", message.cid, seq)
         elif isinstance(message, codec.Left):
-            self._to_initiator(swarm_id, "leave", message.cid)
+            self._to_initiator(swarm_id, "leave", message.cid, seq)
         elif isinstance(message, codec.Ended):
             # The initiator left (or died): every stream of the swarm ends. The
             # peers stay registered until their leave_swarm, which releases them.
             for stream in self.swarms.streams(swarm_id) + self.swarms.joining(swarm_id):
                 stream.end("swarm closed")
 
-    def _to_initiator(self, swarm_id: str, event: str, cid: str) -> None:
+    def _to_initiator(self, swarm_id: str, event: str, cid: str, seq: int = 0) -> None:
         stream = self.swarms.initiator(swarm_id)
         if stream is not None:
-            self._put(stream, framing.swarm_event(event, {"id": swarm_id, "cid": cid}))
+            self._put(stream, framing.swarm_event(event, {"id": swarm_id, "cid": cid}), seq)
         elif self.resume_grace:
             # An initiator detached here, whose "detached" message is still on its way.
             for (sid, _), draining in self._draining.items():
                 if sid == swarm_id and draining.initiator:
                     draining.late.append(framing.swarm_event(event, {"id": swarm_id, "cid": cid}))
 
-    def _put(self, stream: Stream, frame: bytes) -> None:
-        """Queue a swarm frame; with resume on, numbered and kept (see :class:`Numbered`)."""
+    def _put(self, stream: Stream, frame: bytes, seq: int = 0) -> None:
+        """Queue a swarm frame (from swarm log message ``seq``, 0 if none); with resume
+        on, numbered and kept (see :class:`Numbered`)."""
         numbered = self._numbered.get(stream.cid or "")
         if numbered is None:
             stream.put(frame)
         else:
-            numbered.put(stream, frame, self.resume_bytes)
+            numbered.put(stream, frame, self.resume_bytes, seq)
+
+    def _numbering(self, key: bytes, *, live: bool = True) -> Numbered:
+        """A peer's frame numbering; its ids carry log numbers with the swarm log on."""
+        return Numbered(key, live=live, logged=bool(self.swarm_log))
 
     # -- resume ----------------------------------------------------------------------
 
@@ -744,11 +750,11 @@ class RedisBroker(Broker):
     def resume_swarm(
         self, handle: str, stream: Stream, swarm_id: str | None = None
     ) -> Membership | None:
-        parsed = parse_resume(handle)
+        parsed = resume_position(handle)
         if parsed is None or not self.resume_grace:
             return None
         self.start()
-        key, seq = parsed
+        key, seq, position = parsed
         digest = token_digest(key)
         with unavailable():
             found = self.redis.get(self.keys.resume(digest))
@@ -765,12 +771,12 @@ class RedisBroker(Broker):
         self.listener.acquire([(topic, "swarm", sid)])
         # Routed from before the resume script, so nothing published after it is missed;
         # what was published before it is in the replay and is dropped (Numbered.live).
-        numbered = self._numbered[cid] = Numbered(key.encode(), live=False)
+        numbered = self._numbered[cid] = self._numbering(key.encode(), live=False)
         stream.swarm_id, stream.cid = sid, cid
         self.swarms.add_peer(sid, cid, stream, initiator=False)
         reply: list[Any] = [0]
         try:
-            reply = self._run_resume(sid, cid, digest, seq)
+            reply = self._run_resume(sid, cid, digest, seq, position)
         finally:
             if int(reply[0]) != 3:
                 self.swarms.remove(sid, cid, initiator=False)
@@ -787,12 +793,18 @@ class RedisBroker(Broker):
         if int(reply[0]) != 3:
             return None
         self._index(key, sid, cid)
-        total, initiator, logged, frames = (
+        total, initiator, logged, count = (
             int(reply[1]),
             bool(int(reply[2])),
             int(reply[3]),
-            list(reply[4:]),
+            int(reply[4]),
         )
+        frames = self._concerning(sid, cid, initiator, reply[5 : 5 + count])
+        frames += [(frame, 0) for frame in reply[5 + count :]]
+        total += len(frames) - (len(reply) - 5 - count)
+        if frames and logged:
+            # Once the client has them all, it has everything for it up to the resume.
+            frames[-1] = (frames[-1][0], logged)
         if logged:
             self._enter(sid, logged)
         if initiator:
@@ -802,6 +814,27 @@ class RedisBroker(Broker):
         counts["resumes"] += 1
         log.info("peer resumed: swarm=%s cid=%s after=%d", sid, cid, seq)
         return Membership(sid, cid, "", initiator=initiator)
+
+    @staticmethod
+    def _concerning(
+        swarm_id: str, cid: str, initiator: bool, entries: Sequence[bytes]
+    ) -> list[tuple[bytes, int]]:
+        """The frames that swarm log ``entries`` (oldest first) make for peer ``cid``, each
+        with its log number, as :meth:`_on_swarm` would have queued them for it."""
+        frames: list[tuple[bytes, int]] = []
+        for entry in entries:
+            seq, payload = codec.numbered(entry)
+            message = codec.decode(payload)
+            if isinstance(message, codec.Broadcast) or (
+                isinstance(message, codec.Direct) and message.cid == cid
+            ):
+                frames.append((message.frame, seq))
+            elif initiator and isinstance(message, (codec.Joined, codec.Left)):
+                event = "join" if isinstance(message, codec.Joined) else "leave"
+                frames.append(
+                    (framing.swarm_event(event, {"id": swarm_id, "cid": message.cid}), seq)
+                )
+        return frames
 
     def _held_elsewhere(self, sid: str, cid: str, digest: str) -> bool:
         """Whether the peer of this resume key is held by another process, not yet in its
@@ -819,7 +852,9 @@ class RedisBroker(Broker):
             and decode(process) != self.process
         )
 
-    def _run_resume(self, sid: str, cid: str, digest: str, seq: int) -> list[Any]:
+    def _run_resume(
+        self, sid: str, cid: str, digest: str, seq: int, position: int | None = None
+    ) -> list[Any]:
         """Run ``resume.lua``, asking again while the previous process drains."""
         entry = f"{sid} {cid}"
         for _ in range(int(DRAINING_MS / 50) + 10):
@@ -845,6 +880,7 @@ class RedisBroker(Broker):
                     self.keys.swarm(sid),
                     codec.resumed(cid),
                     entry,
+                    "" if position is None else position,
                     *self._log_bounds,
                 ],
             )

@@ -38,6 +38,13 @@ signals, joins and leaves that newer processes publish. Upgrade such a
 deployment with ``SIGNAL_REDIS_SWARM_LOG = 0`` (unnumbered messages, understood
 by both), then turn the log on; a process with the log on applies unnumbered
 messages as they come.
+
+The same holds for the SSE ids of swarm frames with resume on: with the log on
+they also carry the log number of the message a frame came from
+(``flask_signal.brokers.resume_id``), which a release older than the log numbers reads as a
+frame number never sent, and refuses the resume (``204``); with the log off they
+keep the older form. A process reading an id of the older form resumes the peer
+of a dead process as before: from the reap on.
 """
 
 from __future__ import annotations
