@@ -41,10 +41,12 @@ messages as they come.
 
 The same holds for the SSE ids of swarm frames with resume on: with the log on
 they also carry the log number of the message a frame came from
-(``flask_signal.brokers.resume_id``), which a release older than the log numbers reads as a
-frame number never sent, and refuses the resume (``204``); with the log off they
-keep the older form. A process reading an id of the older form resumes the peer
-of a dead process as before: from the reap on.
+(``flask_signal.brokers.resume_id``). A release older than the log numbers reads
+such an id as a frame number never sent (or no id at all): it refuses to resume
+a peer lost from a newer process (``204``), and resumes a dead process's peer, if
+at all, from the reap on. With the log off the ids keep the older form. A
+process reading an id of the older form resumes a dead process's peer as before:
+from the reap on.
 """
 
 from __future__ import annotations
