@@ -382,6 +382,62 @@ def test_a_dead_process_initiator_gets_the_joins_and_leaves_of_the_gap(make: Fac
     del s1
 
 
+def resumed_with_a_replay(
+    make: Factory,
+) -> tuple[RedisBroker, RedisBroker, Membership, Stream, Membership, list[bytes]]:
+    """A peer lost from b resumed on c with two frames replayed; returns a, c, the
+    initiator (on a) and its stream, the peer, and the replayed frames."""
+    options = {"resume_grace": 10, **REAPED_FAST}
+    a, b, c = make(**options), make(**options), make(**options)
+    m1, s1, m2, s2 = swarm(a, b)
+    assert a.signal(m1.id, 0, cid=m2.cid) is Delivery.OK
+    handle = ids_of([frame_of(s2)])[0]
+    s2.end("reset")
+    b.leave_swarm(m2, s2)  # lost: in its grace
+    for n in (1, 2):
+        assert a.signal(m1.id, n, cid=m2.cid) is Delivery.OK
+    back = c.resume_swarm(handle, s3 := stream(), m1.id)
+    assert back is not None
+    replayed = [frame_of(s3) for _ in range(2)]
+    assert [json.loads(data_of(f)) for f in replayed] == [1, 2]
+    numbers = [log_number(i) for i in ids_of(replayed)]
+    assert numbers[0] == 0 and (numbers[1] or 0) > 0  # known only once all are there
+    return a, c, m1, s1, m2, replayed
+
+
+def test_a_peer_resumed_then_killed_again_resumes_from_its_replay(make: Factory) -> None:
+    """The last frame a resume replays carries the number of the resume's own log
+    message: a peer whose new process is killed after that replay resumes again with
+    exactly what came after it."""
+    a, c, m1, s1, m2, replayed = resumed_with_a_replay(make)
+    handle = ids_of(replayed)[-1]
+    c.halt()  # as kill -9
+    assert a.signal(m1.id, 3, cid=m2.cid) is Delivery.OK
+    assert a.signal(m1.id, "all", token=m1.token) is Delivery.OK
+    assert event_of(s1) == ("signal", "all")
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    again = a.resume_swarm(handle, s4 := stream(), m1.id)
+    assert again is not None and again.cid == m2.cid
+    frames = [frame_of(s4) for _ in range(2)]
+    assert [json.loads(data_of(f)) for f in frames] == [3, "all"]
+    assert [frame_number(i) for i in ids_of(frames)] == [
+        frame_number(handle) + 1,
+        frame_number(handle) + 2,
+    ]
+    assert_quiet(s4)
+    assert_quiet(s1)  # no leave, no join
+
+
+def test_a_peer_killed_in_the_middle_of_a_replay_cannot_resume(make: Factory) -> None:
+    """A replayed frame but the last has no log number: where its client stands in the
+    log is unknown, so a resume from it after a kill is refused (the peer leaves)."""
+    a, c, m1, s1, m2, replayed = resumed_with_a_replay(make)
+    c.halt()
+    wait_until(lambda: in_grace(a, m2), timeout=10)
+    assert a.resume_swarm(ids_of(replayed)[0], stream(), m1.id) is None
+    assert event_of(s1, timeout=5) == ("leave", {"id": m1.id, "cid": m2.cid})
+
+
 def test_a_dead_process_peer_older_than_the_swarm_log_cannot_resume(make: Factory) -> None:
     """What was sent before the reap no longer in the log: refused (204 over HTTP), and
     the peer leaves, rather than resume with a silent gap."""
