@@ -395,13 +395,19 @@ def test_a_connection_killed_under_a_direct_caller(own_redis: RedisServer, mux: 
 def test_a_leading_caller_hands_later_replies_to_the_reader(mux: Mux) -> None:
     """The caller that wrote on an idle connection reads its own reply; commands
     written after it are answered through the reader, whether the leader gets its
-    reply, or is killed while it waits (its reply is then dropped)."""
+    reply, or is killed while it waits (its reply is then dropped). Once callers
+    pile up behind a leader, commands go through the writer until one is alone."""
     mux.call("PING")
     lead = gevent.spawn(mux.call, "BLPOP", "never", "0.5")
     gevent.sleep(0.05)
     behind = [gevent.spawn(mux.call, "ECHO", f"b{i}") for i in range(10)]
     assert lead.get(timeout=5) is None
     assert [g.get(timeout=5) for g in behind] == [f"b{i}".encode() for i in range(10)]
+    # Callers piled up behind it: the next command goes through the writer, which
+    # finds it alone, and direct writes resume after it.
+    before = mux.direct_writes()
+    assert mux.call("PING") == b"PONG"
+    assert mux.direct_writes() == before
 
     before = mux.direct_writes()
     killed = gevent.spawn(mux.call, "BLPOP", "never", "0.5")

@@ -101,6 +101,11 @@ class _Lane:
         self.writer: gevent.Greenlet[Any, Any] | None = None
         #: Set while a write is under way (by the writer or a caller).
         self.busy = False
+        #: Set when commands were written while a caller waited for its own reply:
+        #: several greenlets need Redis at once, and the writer's one write for all
+        #: (made once every ready greenlet has queued) costs less than writing each
+        #: alone. Cleared when the writer finds a command alone again.
+        self.crowded = False
         #: How many connections were made (for tests and stats).
         self.connects = 0
         #: How many calls their callers wrote themselves (for tests and stats).
@@ -110,14 +115,15 @@ class _Lane:
         """Send a call, or queue it for the writer.
 
         A caller that finds the connection idle (nothing queued, written or being
-        written) writes its own command and then reads its own reply (the link is
-        returned: see :meth:`lead`): neither the writer nor the reader is woken.
-        While commands are in flight, new ones queue for the writer, whose one write
-        carries them all (fewer writes and reads on both sides)."""
+        written) and not ``crowded`` writes its command and then reads its own reply
+        (the link is returned: see :meth:`lead`): neither the writer nor the reader
+        is woken. Otherwise it queues for the writer, whose one write carries every
+        command queued (fewer writes and reads on both sides)."""
         link = self.link
         if (
             not self.queue
             and not self.busy
+            and not self.crowded
             and link is not None
             and not link.dead
             # Nothing is owed on an idle connection: anything readable is its end,
@@ -158,6 +164,7 @@ class _Lane:
                 if link is None or self.busy:
                     continue
                 batch, self.queue = self.queue, deque()
+                self.crowded = len(batch) > 1 or bool(link.inflight)
                 self._send(link, batch, b"".join([call.payload for call in batch]))
 
     def _send(
@@ -297,6 +304,7 @@ class _Lane:
         finally:
             link.led = False
             if inflight and not link.dead:
+                self.crowded = True
                 link.wake.set()
 
     def _lost(self, link: _Link, exc: BaseException) -> None:
