@@ -116,6 +116,12 @@ class RedisBroker(Broker):
         self._log_bounds = tuple(
             b"%d" % value for value in (swarm_log, swarm_log_bytes, int(swarm_log_ttl * 1000))
         )
+        #: What ``signal.lua`` needs to keep a frame for a peer in its grace (resume on).
+        self._grace_bounds = (
+            (b"%d" % self.resume_bytes, b"%d" % int(self.resume_grace * 1000))
+            if self.resume_grace
+            else ()
+        )
         self.timing = Timing(
             connect_timeout=connect_timeout,
             subscribe_timeout=subscribe_timeout,
@@ -496,7 +502,7 @@ class RedisBroker(Broker):
         code = self.once.run(
             self.scripts.signal,
             [key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX],
-            [digest, cid or "", key, message, *self._keeping(frame), *self._log_bounds],
+            [digest, cid or "", key, message, *self._grace_bounds, *self._log_bounds],
         )
         return Delivery(int(code))
 
