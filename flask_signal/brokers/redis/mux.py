@@ -235,16 +235,23 @@ class _Lane:
                 if not isinstance(exc, Exception):
                     raise
                 return
-            if not inflight:
-                # A reply nobody asked for: the stream is out of step, trust none of it.
-                self._lost(link, rexc.ConnectionError("unexpected reply from Redis"))
+            if not self._take(link, reply):
                 return
-            call = inflight[0]
-            call.replies.append(reply)
-            if len(call.replies) == call.count:
-                inflight.popleft()
-                if not call.abandoned:
-                    call.result.set(call.replies)
+
+    def _take(self, link: _Link, reply: Any) -> bool:
+        """Give a reply to the first call owed one (its result once it has them all);
+        False if none was owed: the stream is out of step, and the link is given up."""
+        inflight = link.inflight
+        if not inflight:
+            self._lost(link, rexc.ConnectionError("unexpected reply from Redis"))
+            return False
+        call = inflight[0]
+        call.replies.append(reply)
+        if len(call.replies) == call.count:
+            inflight.popleft()
+            if not call.abandoned:
+                call.result.set(call.replies)
+        return True
 
     def lead(self, link: _Link, call: _Call, timeout: float) -> bool:
         """Read replies in the caller until its own call has its result (True), or its
@@ -290,16 +297,9 @@ class _Lane:
                     if not isinstance(exc, Exception):
                         raise
                     break
-                if not inflight:
-                    self._lost(link, rexc.ConnectionError("unexpected reply from Redis"))
+                if not self._take(link, reply):
                     break
                 quiet_since = time.monotonic()
-                first = inflight[0]
-                first.replies.append(reply)
-                if len(first.replies) == first.count:
-                    inflight.popleft()
-                    if not first.abandoned:
-                        first.result.set(first.replies)
             return True
         finally:
             link.led = False
