@@ -1150,6 +1150,82 @@ def test_a_stalled_redis_applies_nothing_twice(
     assert longest >= seconds * 0.8
 
 
+def test_the_signals_of_one_loop_turn_go_in_one_script_call(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    """Signals posted at once, to several swarms, cost Redis one script call and one
+    operation key; each caller gets its own answer, each signal arrives once."""
+    quiet = {"heartbeat_interval": 30.0, "peer_ttl": 60.0, "ping_interval": 60.0}
+    a, b = make(own_redis.url, **quiet), make(own_redis.url, **quiet)
+    client = redis.Redis.from_url(own_redis.url)
+    pairs = [swarm(a, b) for _ in range(5)]
+    m1, s1, m2, _ = pairs[0]
+    assert b.signal(m1.id, "warm", cid=m1.cid, token=m2.token) is Delivery.OK
+    assert event_of(s1) == ("signal", "warm")
+    batches = b._signals.batches
+
+    client.config_resetstat()
+    jobs = [
+        gevent.spawn(b.signal, p[0].id, n, cid=p[0].cid, token=p[2].token)
+        for n, p in enumerate(pairs)
+    ]
+    jobs += [
+        gevent.spawn(b.signal, m1.id, "x", token="wrong"),
+        gevent.spawn(b.signal, m1.id, "x", cid="nobody", token=m2.token),
+        gevent.spawn(b.signal, "no-such-swarm", "x"),
+        gevent.spawn(b.signal, m1.id, "all", token=m2.token),
+    ]
+    gevent.joinall(jobs, raise_error=True)
+    assert [job.value for job in jobs] == [Delivery.OK] * 5 + [
+        Delivery.BAD_TOKEN,
+        Delivery.NO_PEER,
+        Delivery.NO_SWARM,
+        Delivery.OK,
+    ]
+    assert b._signals.batches == batches + 1
+    stats = {
+        k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()
+    }
+    assert (stats["evalsha"], stats["get"], stats["set"]) == (1, 1, 1)
+    assert (stats["hmget"], stats["publish"]) == (9, 6)
+    # In order: the first swarm's initiator gets its direct signal, then the broadcast.
+    assert [event_of(s1), event_of(s1)] == [("signal", 0), ("signal", "all")]
+    for n, (_, initiator, _, _) in enumerate(pairs[1:], 1):
+        assert event_of(initiator) == ("signal", n)
+    for _, initiator, _, _ in pairs:
+        assert_quiet(initiator)
+    assert event_of(pairs[0][3]) == ("signal", "all")
+    for _, _, _, peer in pairs:
+        assert_quiet(peer)
+
+
+def test_a_batch_holds_at_most_its_limit(make: Factory) -> None:
+    a, b = make(), make()
+    m1, s1, m2, _ = swarm(a, b)
+    b._signals.limit = 3
+    batches = b._signals.batches
+    jobs = [gevent.spawn(b.signal, m1.id, n, cid=m1.cid, token=m2.token) for n in range(7)]
+    gevent.joinall(jobs, raise_error=True)
+    assert all(job.value is Delivery.OK for job in jobs)
+    assert b._signals.batches == batches + 3  # 3, 3 and 1
+    assert [event_of(s1) for _ in range(7)] == [("signal", n) for n in range(7)]
+    assert_quiet(s1)
+
+
+def test_every_signal_of_a_batch_learns_that_redis_is_gone(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    a = make(own_redis.url, connect_timeout=0.5)
+    m1, _, m2, _ = swarm(a, a)
+    own_redis.kill()
+    try:
+        jobs = [gevent.spawn(a.signal, m1.id, n, token=m2.token) for n in range(4)]
+        gevent.joinall(jobs)
+        assert all(isinstance(job.exception, BrokerUnavailable) for job in jobs)
+    finally:
+        own_redis.start()
+
+
 def test_an_operation_runs_once_however_often_it_is_sent(make: Factory) -> None:
     """Copies of one operation (same key) return the first run's result and publish
     nothing more; one settled as not run does nothing when it arrives."""
@@ -1161,13 +1237,13 @@ def test_an_operation_runs_once_however_often_it_is_sent(make: Factory) -> None:
     key = a.keys.swarm(m1.id)
 
     def send(script: Any, op: bytes, args: list[Any]) -> Any:
-        log = a.keys.swarm_log(m1.id)
-        return client.eval(script.text, 3, key, log, op, *args, *a._log_bounds, 60_000)
+        keys = [key, a.keys.grace_set(m1.id), a.keys.swarm_log(m1.id), op]
+        return client.eval(script.text, 4, *keys, "", "", *args, *a._log_bounds, 60_000)
 
     op = key + b":op:copy"
     frame = codec.broadcast(b"event: signal\ndata: 1\n\n")
-    assert send(scripts.signal, op, ["", "", key, frame]) == 200
-    assert send(scripts.signal, op, ["", "", key, frame]) == 200
+    assert send(scripts.signal, op, ["", "", key, frame]) == [200]
+    assert send(scripts.signal, op, ["", "", key, frame]) == [200]
     assert frame_of(s1) == b"event: signal\ndata: 1\n\n"
     assert_quiet(s1)
 
@@ -1177,7 +1253,7 @@ def test_an_operation_runs_once_however_often_it_is_sent(make: Factory) -> None:
         send(scripts.signal, late, ["", "", key, frame])
     assert_quiet(s1)
     # Settling one that ran returns its result.
-    assert client.eval(scripts.settle.text, 1, op, 60_000) == [1, b"200"]
+    assert client.eval(scripts.settle.text, 1, op, 60_000) == [1, b"[200]"]
 
 
 def test_an_unanswered_settle_reports_the_outcome_unknown(

@@ -38,6 +38,7 @@ from .. import (
     token_digest,
 )
 from . import codec
+from .batch import Batcher
 from .connection import connector, unavailable
 from .keys import LOG_SUFFIX, Keys, decode
 from .listener import Listener, Timing, Topic
@@ -52,6 +53,8 @@ log = logging.getLogger("flask_signal")
 
 #: Seconds between rewrites of all of a process's presence entries.
 PRESENCE_REFRESH = 60.0
+#: The most signals one call of ``signal.lua`` carries (see :mod:`.batch`).
+SIGNAL_BATCH = 64
 #: How long a resume waits for the previous process of a peer to hand Redis the
 #: frames that were on their way to it (ms); past it, the resume goes ahead.
 DRAINING_MS = 2000
@@ -145,6 +148,10 @@ class RedisBroker(Broker):
             self.scripts.settle,
             timeout=socket_timeout,
             settle_timeout=socket_timeout + 1,
+        )
+        #: The signals of one loop turn go to Redis in one script call.
+        self._signals: Batcher[tuple[str, str, str, bytes], int] = Batcher(
+            self._send_signals, limit=SIGNAL_BATCH
         )
         self.swarms = LocalSwarms()
         self.liveness = Liveness(
@@ -497,14 +504,19 @@ class RedisBroker(Broker):
             data = {**data, self.sender_field: decode(sender)}
         frame = framing.swarm_event("signal", data)
         message = codec.direct(cid, frame) if cid is not None else codec.broadcast(frame)
-        key = self.keys.swarm(swarm_id)
         digest = token_digest(token) if token is not None else ""
-        code = self.once.run(
-            self.scripts.signal,
-            [key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX],
-            [digest, cid or "", key, message, *self._grace_bounds, *self._log_bounds],
-        )
-        return Delivery(int(code))
+        return Delivery(int(self._signals.run((swarm_id, digest, cid or "", message))))
+
+    def _send_signals(self, batch: list[tuple[str, str, str, bytes]]) -> list[int]:
+        """Run ``signal.lua`` once for the signals of one loop turn (see :mod:`.batch`)."""
+        keys: list[bytes] = []
+        args: list[bytes | str] = list(self._grace_bounds or (b"", b""))
+        for swarm_id, digest, cid, message in batch:
+            key = self.keys.swarm(swarm_id)
+            keys += (key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX)
+            args += (digest, cid, key, message)
+        codes: list[int] = self.once.run(self.scripts.signal, keys, [*args, *self._log_bounds])
+        return codes
 
     def _keeping(self, frame: bytes) -> list[bytes | int]:
         """What a script needs to keep ``frame`` for a peer in its grace (resume on)."""

@@ -29,18 +29,20 @@ KEEPING = ("join", "leave", "signal")
 
 
 #: Scripts that publish on a swarm's topic through ``log.lua`` (the swarm log): the
-#: caller appends the log's key to KEYS and its bounds to ARGV (``RedisBroker._log_bounds``).
+#: caller appends the log's bounds to ARGV (``RedisBroker._log_bounds``) and, but for
+#: ``signal`` (a batch, which names each signal's log in KEYS), the log's key to KEYS
+#: (``log_key.lua``).
 LOGGING = ("join", "leave", "signal", "detach", "resume")
 
 
 def wrapped(name: str) -> str:
-    """A state-changing script inside ``once.lua`` (after ``keep.lua`` and ``log.lua``
-    if it uses them)."""
+    """A state-changing script inside ``once.lua`` (after ``log.lua``, ``log_key.lua``
+    and ``keep.lua`` if it uses them)."""
     body = source(name)
     if name in KEEPING:
         body = source("keep") + body
     if name in LOGGING:
-        body = source("log") + body
+        body = source("log") + (source("log_key") if name != "signal" else "") + body
     return source("once").replace("--BODY--", body)
 
 

@@ -1,23 +1,23 @@
 -- Shared by the scripts that publish on a swarm's topic; not run on its own.
--- The caller appends the swarm's log key to KEYS, and the log's bounds (entries, bytes,
--- ttl in ms) to ARGV; they are taken off here, so the script's own KEYS and ARGV stay
--- as its header says. publish(hash, topic, message) returns the message's number, or 0
--- with the log off (entries 0): the message is then published as it is.
--- With the log on, the swarm's counter (field 'n' of its hash) numbers the message, which
--- goes to the log (list; its bytes counted in 'nz') and to pub/sub as '#<n> <message>'
--- (codec); past either bound the oldest entries go, the newest always stays.
-local LOG = table.remove(KEYS)
+-- The caller appends the log's bounds (entries, bytes, ttl in ms) to ARGV; they are taken
+-- off here, so the script's own ARGV stays as its header says.
+-- publish_to(log, hash, topic, message) returns the message's number, or 0 with the log
+-- off (entries 0): the message is then published as it is. With the log on, the swarm's
+-- counter (field 'n' of its hash) numbers the message, which goes to the log (list 'log';
+-- its bytes counted in 'nz') and to pub/sub as '#<n> <message>' (codec); past either
+-- bound the oldest entries go, the newest always stays.
+-- Scripts of one swarm take its log's key from the end of KEYS (log_key.lua).
 local LOG_TTL = table.remove(ARGV)
 local LOG_BYTES = tonumber(table.remove(ARGV))
 local LOG_ENTRIES = tonumber(table.remove(ARGV))
-local function publish(hash, topic, message)
+local function publish_to(log, hash, topic, message)
   if LOG_ENTRIES <= 0 then
     redis.call('PUBLISH', topic, message)
     return 0
   end
   local n = redis.call('HINCRBY', hash, 'n', 1)
   local entry = '#' .. n .. ' ' .. message
-  local length = redis.call('RPUSH', LOG, entry)
+  local length = redis.call('RPUSH', log, entry)
   local bytes = #entry
   if length == 1 then
     redis.call('HSET', hash, 'nz', bytes)
@@ -32,12 +32,12 @@ local function publish(hash, topic, message)
     local freed = 0
     while length > 1 and (length > entries or bytes - freed > most) do
       local count = math.min(length - 1, math.max(length - entries, math.ceil(length / 16)))
-      for _, old in ipairs(redis.call('LPOP', LOG, count)) do freed = freed + #old end
+      for _, old in ipairs(redis.call('LPOP', log, count)) do freed = freed + #old end
       length = length - count
     end
     redis.call('HINCRBY', hash, 'nz', -freed)
   end
-  redis.call('PEXPIRE', LOG, LOG_TTL)
+  redis.call('PEXPIRE', log, LOG_TTL)
   redis.call('PUBLISH', topic, entry)
   return n
 end

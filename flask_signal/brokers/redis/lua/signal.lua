@@ -1,33 +1,50 @@
--- Check a signal's sender and addressee, then publish it. Returns a Delivery value:
--- 200 sent, 404 no such swarm, 401 unknown token, 4040 no such peer.
--- KEYS[1] the swarm hash, KEYS[2] its set of peers in their resume grace.
--- ARGV: token digest ('' = trusted), addressee cid ('' = everyone), topic, message (codec),
---       then with resume on: queue cap, grace (ms); else nothing.
--- One HMGET answers all three questions; a swarm hash always has its initiator "i".
--- A peer in its grace has no stream: what is addressed to it is kept (keep.lua). The frame
--- kept is the message's, after its first line: it crosses the network once.
-local found = redis.call('HMGET', KEYS[1], 'i', 't:' .. ARGV[1], 'k:' .. ARGV[2])
-if not found[1] then return 404 end
-if ARGV[1] ~= '' and not found[2] then return 401 end
-if ARGV[2] ~= '' and not found[3] then return 4040 end
-if ARGV[5] then
-  local function frame()
-    return string.sub(ARGV[4], string.find(ARGV[4], '\n', 1, true) + 1)
-  end
-  if ARGV[2] ~= '' then
-    if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 1 then
-      keep(KEYS[1], ARGV[2], frame(), ARGV[5], ARGV[6])
-      return 200
-    end
+-- Check the sender and addressee of each of a batch of signals, then publish it. Returns
+-- one Delivery value per signal, in order: 200 sent, 404 no such swarm, 401 unknown
+-- token, 4040 no such peer.
+-- KEYS: per signal, its swarm's hash, grace set (peers in their resume grace) and log.
+-- ARGV: with resume on, queue cap (bytes) and grace (ms), else '' and ''; then per signal
+--       its token digest ('' = trusted), addressee cid ('' = everyone), topic and
+--       message (codec).
+-- The signals of a batch may be of different swarms (hence not for a Redis Cluster);
+-- each is checked and published as if alone, in order, so one refused changes nothing
+-- for the others. Per signal, one HMGET answers all three questions (a swarm hash
+-- always has its initiator "i"). A peer in its grace has no stream: what is addressed
+-- to it is kept (keep.lua). The frame kept is the message's after its first line: it
+-- crosses the network once.
+local cap, grace = ARGV[1], ARGV[2]
+local codes = {}
+for i = 1, #KEYS / 3 do
+  local hash, held, log = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local digest, cid, topic, message = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
+  local found = redis.call('HMGET', hash, 'i', 't:' .. digest, 'k:' .. cid)
+  local code = 200
+  if not found[1] then
+    code = 404
+  elseif digest ~= '' and not found[2] then
+    code = 401
+  elseif cid ~= '' and not found[3] then
+    code = 4040
   else
-    local kept = redis.call('SMEMBERS', KEYS[2])
-    if #kept > 0 then
-      local bytes = frame()
-      for _, cid in ipairs(kept) do
-        keep(KEYS[1], cid, bytes, ARGV[5], ARGV[6])
+    local kept = false
+    if cap ~= '' then
+      local function frame()
+        return string.sub(message, string.find(message, '\n', 1, true) + 1)
+      end
+      if cid ~= '' then
+        if redis.call('SISMEMBER', held, cid) == 1 then
+          keep(hash, cid, frame(), cap, grace)
+          kept = true
+        end
+      else
+        local others = redis.call('SMEMBERS', held)
+        if #others > 0 then
+          local bytes = frame()
+          for _, other in ipairs(others) do keep(hash, other, bytes, cap, grace) end
+        end
       end
     end
+    if not kept then publish_to(log, hash, topic, message) end
   end
+  codes[i] = code
 end
-publish(KEYS[1], ARGV[3], ARGV[4])
-return 200
+return codes
