@@ -9,7 +9,9 @@ With ``SIGNAL_METRICS = True`` the hub serves ``GET {prefix}/metrics``:
   / ``_events_out_total``, ``flask_signal_stream_ends_total`` by ``reason``
   (``disconnected``, ``reset``, ``timeout``, ``write timeout``, ``overflow``,
   ``drain``, ``lifetime``, ...: the drops), ``flask_signal_resumes_total``,
-  ``flask_signal_redis_errors_total``, ``flask_signal_redis_reconnects_total``.
+  ``flask_signal_redis_errors_total``, ``flask_signal_redis_reconnects_total``,
+  ``flask_signal_redis_signal_batches_total`` (``signals_in`` over it: the signals a
+  call to Redis carries).
 
 The hot paths only bump plain counts (:data:`flask_signal.hub.counts`); they
 are copied into the Prometheus metrics every ``PERIOD`` seconds and before
@@ -44,6 +46,7 @@ COUNTERS = {
     "resumes": "swarm peers resumed after a lost connection",
     "redis_errors": "Redis calls that failed for want of Redis",
     "redis_reconnects": "pub/sub connections to Redis made again",
+    "redis_signal_batches": "script calls to Redis carrying the signals of one loop turn",
 }
 
 

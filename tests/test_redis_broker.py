@@ -35,7 +35,7 @@ from flask_signal.brokers import (
 )
 from flask_signal.brokers.redis import RedisBroker, codec
 from flask_signal.errors import ResumeLater
-from flask_signal.hub import ENDED, LocalHub, Stream
+from flask_signal.hub import ENDED, LocalHub, Stream, counts
 
 from .broker_support import (
     assert_quiet,
@@ -1163,6 +1163,7 @@ def test_the_signals_of_one_loop_turn_go_in_one_script_call(
     assert b.signal(m1.id, "warm", cid=m1.cid, token=m2.token) is Delivery.OK
     assert event_of(s1) == ("signal", "warm")
     batches = b._signals.batches
+    calls = counts["redis_signal_batches"]
 
     client.config_resetstat()
     jobs = [
@@ -1183,6 +1184,7 @@ def test_the_signals_of_one_loop_turn_go_in_one_script_call(
         Delivery.OK,
     ]
     assert b._signals.batches == batches + 1
+    assert counts["redis_signal_batches"] == calls + 1  # flask_signal_redis_signal_batches_total
     stats = {
         k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()
     }

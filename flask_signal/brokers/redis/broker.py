@@ -516,6 +516,7 @@ class RedisBroker(Broker):
             keys += (key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX)
             args += (digest, cid, key, message)
         codes: list[int] = self.once.run(self.scripts.signal, keys, [*args, *self._log_bounds])
+        counts["redis_signal_batches"] += 1
         return codes
 
     def _keeping(self, frame: bytes) -> list[bytes | int]:
