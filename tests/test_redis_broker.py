@@ -1150,6 +1150,73 @@ def test_a_stalled_redis_applies_nothing_twice(
     assert longest >= seconds * 0.8
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seconds", [1, 7])
+def test_batches_of_signals_under_a_stalled_redis_apply_nothing_twice(
+    own_redis: RedisServer, make: Factory, seconds: float
+) -> None:
+    """Signals posted at once by several requests while Redis is paused, so that they
+    share script calls: each is applied once and reported so, or not applied and reported
+    failed, or reported unknown and applied at most once. 7 s outlasts the command
+    timeout: those batches are settled."""
+    a = make(own_redis.url)
+    initiator = a.create_swarm(stream())
+    topic = a.keys.swarm(initiator.id)
+    observer = _Observer(own_redis.url, [topic])
+    observer.start()
+    wait_until(lambda: redis.Redis.from_url(own_redis.url).pubsub_numsub(topic)[0][1] >= 2)
+
+    outcomes: list[tuple[str, str]] = []
+    longest = 0.0
+    stop = gevent.event.Event()
+
+    def sender(k: int) -> None:
+        nonlocal longest
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key = f"g{k}-{n}"
+            started = time.monotonic()
+            try:
+                a.signal(initiator.id, key)
+            except OutcomeUnknown:
+                outcomes.append(("unknown", key))
+            except BrokerUnavailable:
+                outcomes.append(("failed", key))
+            else:
+                outcomes.append(("ok", key))
+            longest = max(longest, time.monotonic() - started)
+            gevent.sleep(0.01)
+
+    batches, items = a._signals.batches, a._signals.items
+    pauser = _pause(own_redis, seconds, after=0.3)
+    senders = [gevent.spawn(sender, k) for k in range(8)]
+    while pauser.is_alive():
+        gevent.sleep(0.1)
+    gevent.sleep(1)
+    stop.set()
+    gevent.joinall(senders, raise_error=True)
+    gevent.sleep(1)
+    messages = [_decoded(m) for m in observer.stop()]
+    seen = Counter(
+        json.loads(m.frame.decode().split("data: ")[1])
+        for m in messages
+        if isinstance(m, codec.Broadcast)
+    )
+    for outcome, key in outcomes:
+        if outcome == "ok":
+            assert seen[key] == 1, (key, outcome)
+        elif outcome == "failed":
+            assert seen[key] == 0, (key, outcome)
+        else:
+            assert seen[key] <= 1, (key, outcome)
+    assert all(count == 1 for count in seen.values()), seen.most_common(3)
+    assert any(outcome == "ok" for outcome, _ in outcomes)
+    # Signals did share calls, and the stall was met.
+    assert a._signals.items - items > a._signals.batches - batches
+    assert longest >= min(seconds, 5) * 0.8
+
+
 def test_the_signals_of_one_loop_turn_go_in_one_script_call(
     own_redis: RedisServer, make: Factory
 ) -> None:
