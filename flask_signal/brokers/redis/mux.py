@@ -217,26 +217,33 @@ class _Lane:
     # -- the reader ------------------------------------------------------------------
 
     def _read_loop(self, link: _Link) -> None:
-        conn, inflight = link.conn, link.inflight
+        inflight = link.inflight
         while not link.dead:
             if not inflight or link.led:
                 link.wake.clear()
                 link.wake.wait()
                 continue
-            try:
+            if not self._read(link, self.timeout):
+                return
+
+    def _read(self, link: _Link, stall: float | None = None) -> bool:
+        """Read one reply and hand it to its call (:meth:`_take`); False if the link was
+        given up meanwhile. With ``stall``, wait for it that long at most first."""
+        conn = link.conn
+        try:
+            if stall is not None and not conn.can_read():
                 # Waited for in the hub, so that an unpatched socket blocks no thread.
-                if not conn.can_read():
-                    wait_read(conn._sock.fileno(), timeout=self.timeout, timeout_exc=_STALLED)
-                reply = conn.read_response(disconnect_on_error=False)
-            except rexc.ResponseError as exc:
-                reply = exc
-            except BaseException as exc:
-                self._lost(link, exc)
-                if not isinstance(exc, Exception):
-                    raise
-                return
-            if not self._take(link, reply):
-                return
+                wait_read(conn._sock.fileno(), timeout=stall, timeout_exc=_STALLED)
+            reply = conn.read_response(disconnect_on_error=False)
+        except rexc.ResponseError as exc:
+            reply = exc
+        except BaseException as exc:
+            # Stopped halfway through a reply, the stream cannot be trusted.
+            self._lost(link, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        return self._take(link, reply)
 
     def _take(self, link: _Link, reply: Any) -> bool:
         """Give a reply to the first call owed one (its result once it has them all);
@@ -287,17 +294,7 @@ class _Lane:
                             break  # _lost cancelled the wait: the call has its error
                         raise
                     continue
-                try:
-                    reply = conn.read_response(disconnect_on_error=False)
-                except rexc.ResponseError as exc:
-                    reply = exc
-                except BaseException as exc:
-                    # Stopped halfway through a reply, the stream cannot be trusted.
-                    self._lost(link, exc)
-                    if not isinstance(exc, Exception):
-                        raise
-                    break
-                if not self._take(link, reply):
+                if not self._read(link):
                     break
                 quiet_since = time.monotonic()
             return True
