@@ -55,6 +55,13 @@ log = logging.getLogger("flask_signal")
 PRESENCE_REFRESH = 60.0
 #: The most signals one call of ``signal.lua`` carries (see :mod:`.batch`).
 SIGNAL_BATCH = 64
+#: ``signal.lua``'s answer for each signal of a batch, one byte each.
+SIGNAL_CODES = {
+    ord("0"): Delivery.OK,
+    ord("1"): Delivery.NO_SWARM,
+    ord("2"): Delivery.BAD_TOKEN,
+    ord("3"): Delivery.NO_PEER,
+}
 #: How long a resume waits for the previous process of a peer to hand Redis the
 #: frames that were on their way to it (ms); past it, the resume goes ahead.
 DRAINING_MS = 2000
@@ -150,7 +157,7 @@ class RedisBroker(Broker):
             settle_timeout=socket_timeout + 1,
         )
         #: The signals of one loop turn go to Redis in one script call.
-        self._signals: Batcher[tuple[str, str, str, bytes], int] = Batcher(
+        self._signals: Batcher[tuple[str, str, str, bytes], Delivery] = Batcher(
             self._send_signals, limit=SIGNAL_BATCH
         )
         self.swarms = LocalSwarms()
@@ -505,9 +512,9 @@ class RedisBroker(Broker):
         frame = framing.swarm_event("signal", data)
         message = codec.direct(cid, frame) if cid is not None else codec.broadcast(frame)
         digest = token_digest(token) if token is not None else ""
-        return Delivery(int(self._signals.run((swarm_id, digest, cid or "", message))))
+        return self._signals.run((swarm_id, digest, cid or "", message))
 
-    def _send_signals(self, batch: list[tuple[str, str, str, bytes]]) -> list[int]:
+    def _send_signals(self, batch: list[tuple[str, str, str, bytes]]) -> list[Delivery]:
         """Run ``signal.lua`` once for the signals of one loop turn (see :mod:`.batch`)."""
         keys: list[bytes] = []
         args: list[bytes | str] = list(self._grace_bounds or (b"", b""))
@@ -515,9 +522,13 @@ class RedisBroker(Broker):
             key = self.keys.swarm(swarm_id)
             keys += (key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX)
             args += (digest, cid, key, message)
-        codes: list[int] = self.once.run(self.scripts.signal, keys, [*args, *self._log_bounds])
+        codes: bytes | str = self.once.run(
+            self.scripts.signal, keys, [*args, *self._log_bounds]
+        )
         counts["redis_signal_batches"] += 1
-        return codes
+        if isinstance(codes, str):  # a settled operation's result, read back from JSON
+            codes = codes.encode("ascii")
+        return [SIGNAL_CODES[code] for code in codes]
 
     def _keeping(self, frame: bytes) -> list[bytes | int]:
         """What a script needs to keep ``frame`` for a peer in its grace (resume on)."""

@@ -15,7 +15,7 @@ local function publish_to(log, hash, topic, message)
     redis.call('PUBLISH', topic, message)
     return 0
   end
-  local n = redis.call('HINCRBY', hash, 'n', 1)
+  local n = redis.call('HINCRBY', hash, 'n', '1')  -- text: a Lua number costs a printf
   local entry = '#' .. n .. ' ' .. message
   local length = redis.call('RPUSH', log, entry)
   local bytes = #entry

@@ -1,6 +1,7 @@
 -- Check the sender and addressee of each of a batch of signals, then publish it. Returns
--- one Delivery value per signal, in order: 200 sent, 404 no such swarm, 401 unknown
--- token, 4040 no such peer.
+-- one character per signal, in order: '0' sent, '1' no such swarm, '2' unknown token,
+-- '3' no such peer (a string rather than a list of numbers: Redis's Lua turns every
+-- number it hands on, to the reply or to once.lua's cjson, into text with a printf).
 -- KEYS: per signal, its swarm's hash, grace set (peers in their resume grace) and log.
 -- ARGV: with resume on, queue cap (bytes) and grace (ms), else '' and ''; then per signal
 --       its token digest ('' = trusted), addressee cid ('' = everyone), topic and
@@ -17,13 +18,13 @@ for i = 1, #KEYS / 3 do
   local hash, held, log = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
   local digest, cid, topic, message = ARGV[4 * i - 1], ARGV[4 * i], ARGV[4 * i + 1], ARGV[4 * i + 2]
   local found = redis.call('HMGET', hash, 'i', 't:' .. digest, 'k:' .. cid)
-  local code = 200
+  local code = '0'
   if not found[1] then
-    code = 404
+    code = '1'
   elseif digest ~= '' and not found[2] then
-    code = 401
+    code = '2'
   elseif cid ~= '' and not found[3] then
-    code = 4040
+    code = '3'
   else
     local kept = false
     if cap ~= '' then
@@ -47,4 +48,4 @@ for i = 1, #KEYS / 3 do
   end
   codes[i] = code
 end
-return codes
+return table.concat(codes)
