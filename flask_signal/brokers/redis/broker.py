@@ -522,9 +522,7 @@ class RedisBroker(Broker):
             key = self.keys.swarm(swarm_id)
             keys += (key, self.keys.grace_set(swarm_id), key + LOG_SUFFIX)
             args += (digest, cid, key, message)
-        codes: bytes | str = self.once.run(
-            self.scripts.signal, keys, [*args, *self._log_bounds]
-        )
+        codes: bytes | str = self.once.run(self.scripts.signal, keys, [*args, *self._log_bounds])
         counts["redis_signal_batches"] += 1
         if isinstance(codes, str):  # a settled operation's result, read back from JSON
             codes = codes.encode("ascii")
