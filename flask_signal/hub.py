@@ -27,7 +27,8 @@ ENDED = b""
 
 #: What this process has done, for metrics (see :mod:`flask_signal.metrics`):
 #: ``signals_in``, ``signals_out``, ``events_in``, ``events_out``, ``resumes``,
-#: ``redis_errors``, ``redis_reconnects``, ``redis_signal_batches``, and
+#: ``redis_errors``, ``redis_reconnects``, ``redis_signal_batches``,
+#: ``redis_publish_batches``, and
 #: ``end:<reason>`` per ended stream.
 #: Plain counts, cheap to bump on any path; read and exported elsewhere.
 counts: Counter[str] = Counter()

@@ -11,7 +11,8 @@ With ``SIGNAL_METRICS = True`` the hub serves ``GET {prefix}/metrics``:
   ``drain``, ``lifetime``, ...: the drops), ``flask_signal_resumes_total``,
   ``flask_signal_redis_errors_total``, ``flask_signal_redis_reconnects_total``,
   ``flask_signal_redis_signal_batches_total`` (``signals_in`` over it: the signals a
-  call to Redis carries).
+  call to Redis carries), ``flask_signal_redis_publish_batches_total`` (the same for
+  channel events, over ``events_in``).
 
 The hot paths only bump plain counts (:data:`flask_signal.hub.counts`); they
 are copied into the Prometheus metrics every ``PERIOD`` seconds and before
@@ -47,6 +48,7 @@ COUNTERS = {
     "redis_errors": "Redis calls that failed for want of Redis",
     "redis_reconnects": "pub/sub connections to Redis made again",
     "redis_signal_batches": "script calls to Redis carrying the signals of one loop turn",
+    "redis_publish_batches": "script calls to Redis carrying the channel events of one loop turn",
 }
 
 

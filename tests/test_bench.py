@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from redis_support are parameters here
 """The benchmark's own pieces, at tiny sizes against a real server (no timing asserted)."""
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import pytest
 
 from bench import __main__ as side_by_side_cli
 from bench import loadgen, report, scenarios, sidebyside
+from bench import publish as publish_bench
 from bench import suite as cli
 from bench.loop import Loop
 from bench.procs import Server, start_server
 from bench.targets import TARGETS, redis_unavailable
+from flask_signal.hub import counts
+
+from .redis_support import RedisServer, own_redis  # noqa: F401 - fixtures
 
 KEY = "bench-test-key"
 
@@ -203,3 +208,16 @@ def test_own_generator_and_an_unavailable_koa_signal(
     assert set(doc["ratios"]) == {"ceiling", "memory"}
     lines = capsys.readouterr().out.strip().splitlines()
     assert [json.loads(line)["target"] for line in lines] == ["ceiling", "koa-signal", "memory"]
+
+
+def test_publish_bench_batches_concurrent_events(own_redis: RedisServer) -> None:
+    """``bench/publish.py`` at a tiny size: events flow, and concurrent publishers share
+    script calls (far fewer operation keys than events)."""
+    before = counts["redis_publish_batches"]
+    result = publish_bench.one_round(own_redis.url, concurrency=10, seconds=0.5)
+    assert result["events_per_s"] > 0
+    assert result["cpu_us_per_event"] > 0 and result["redis_cpu_us_per_event"] > 0
+    events = result["events_per_s"] * 0.5
+    batches = counts["redis_publish_batches"] - before
+    assert 0 < batches < events
+    assert result["redis_keys"] < events

@@ -481,6 +481,76 @@ def test_publish_from_a_process_that_serves_nothing(make: Factory) -> None:
     assert ids_of(replay.frames) == [event_id]
 
 
+def test_the_events_of_one_loop_turn_go_in_one_script_call(
+    own_redis: RedisServer, make: Factory
+) -> None:
+    """Events published at once, to one channel or several, cost Redis one script call
+    and one operation key; each publisher gets its own id, numbered in the order they
+    came, and each subscriber gets each event once, in that order, as the history does."""
+    quiet = {"heartbeat_interval": 30.0, "peer_ttl": 60.0, "ping_interval": 60.0}
+    a, b = make(own_redis.url, **quiet), make(own_redis.url, **quiet)
+    client = redis.Redis.from_url(own_redis.url)
+    news, sport = stream(), stream()
+    a.subscribe(news, ["news"])
+    a.subscribe(sport, ["sport"])
+    epoch = b.publish(["news"], "warm").rpartition("-")[0]
+    assert data_of(frame_of(news)) == "warm"
+    batches = b._publishes.batches
+    calls = counts["redis_publish_batches"]
+
+    client.config_resetstat()
+    jobs = [
+        gevent.spawn(b.publish, ["news"], 1),
+        gevent.spawn(b.publish, ["sport", "news"], 2, event="goal"),
+        gevent.spawn(b.publish, ["news"], 3, id="app-3"),
+        gevent.spawn(b.publish, ["sport"], 4),
+        gevent.spawn(b.publish, [], 5),  # no channel: numbered all the same
+    ]
+    gevent.joinall(jobs, raise_error=True)
+    ids = [job.value for job in jobs]
+    first = int(ids[0].rpartition("-")[2])
+    assert ids == [
+        f"{epoch}-{first}",
+        f"{epoch}-{first + 1}",
+        "app-3",
+        f"{epoch}-{first + 3}",
+        f"{epoch}-{first + 4}",
+    ]
+    assert b._publishes.batches == batches + 1
+    assert counts["redis_publish_batches"] == calls + 1
+    stats = {
+        k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in client.info("commandstats").items()
+    }
+    assert (stats["evalsha"], stats["get"], stats["set"], stats["publish"]) == (1, 1, 1, 5)
+
+    def received(s: Stream, count: int) -> list[tuple[bool, str, str]]:
+        frames = [frame_of(s) for _ in range(count)]
+        assert_quiet(s)
+        return [(b"event: goal\n" in f, data_of(f), ids_of([f])[0]) for f in frames]
+
+    assert received(news, 3) == [(False, "1", ids[0]), (True, "2", ids[1]), (False, "3", "app-3")]
+    assert received(sport, 2) == [(True, "2", ids[1]), (False, "4", ids[3])]
+    # The history, which a resume reads, holds them in the same order.
+    assert ids_of(make(own_redis.url).subscribe(stream(), ["news"], ids[0]).frames) == [
+        ids[1],
+        "app-3",
+    ]
+
+
+def test_a_publish_batch_holds_at_most_its_limit(make: Factory) -> None:
+    a, b = make(), make()
+    s = stream()
+    a.subscribe(s, ["capped"])
+    b._publishes.limit = 2
+    batches = b._publishes.batches
+    jobs = [gevent.spawn(b.publish, ["capped"], n) for n in range(5)]
+    gevent.joinall(jobs, raise_error=True)
+    assert b._publishes.batches == batches + 3  # 2, 2 and 1
+    frames = [frame_of(s) for _ in range(5)]
+    assert [data_of(f) for f in frames] == ["0", "1", "2", "3", "4"]
+    assert ids_of(frames) == [job.value for job in jobs]
+
+
 def test_history_is_trimmed_in_redis(make: Factory) -> None:
     a, b = make(history_size=5), make(history_size=5)
     ids = [a.publish(["h"], i) for i in range(12)]

@@ -55,6 +55,11 @@ log = logging.getLogger("flask_signal")
 PRESENCE_REFRESH = 60.0
 #: The most signals one call of ``signal.lua`` carries (see :mod:`.batch`).
 SIGNAL_BATCH = 64
+#: The most channel events one call of ``publish.lua`` carries.
+PUBLISH_BATCH = 64
+#: A channel event on its way to ``publish.lua``: its channels, the frame around its
+#: id (head, tail), the application's id ('' = the hub's) and the codec's event marker.
+_Publish = tuple[tuple[str, ...], bytes, bytes, str, str]
 #: ``signal.lua``'s answer for each signal of a batch, one byte each.
 SIGNAL_CODES = {
     ord("0"): Delivery.OK,
@@ -159,6 +164,10 @@ class RedisBroker(Broker):
         #: The signals of one loop turn go to Redis in one script call.
         self._signals: Batcher[tuple[str, str, str, bytes], Delivery] = Batcher(
             self._send_signals, limit=SIGNAL_BATCH
+        )
+        #: So do the channel events published in one loop turn.
+        self._publishes: Batcher[_Publish, tuple[str, int]] = Batcher(
+            self._send_publishes, limit=PUBLISH_BATCH
         )
         self.swarms = LocalSwarms()
         self.liveness = Liveness(
@@ -994,23 +1003,32 @@ class RedisBroker(Broker):
         frame = framing.message(data, event=event, id="0", retry=retry)
         head, _, tail = frame.rpartition(b"\nid: 0\n")
         names = tuple(dict.fromkeys(channels))
+        epoch, seq = self._publishes.run(
+            (names, head + b"\n", tail, id or "", codec.event_marker(event))
+        )
+        return id if id is not None else format_event_id(epoch, seq)
+
+    def _send_publishes(self, batch: list[_Publish]) -> list[tuple[str, int]]:
+        """Run ``publish.lua`` once for the events published in one loop turn (see
+        :mod:`.batch`); they are numbered in the order they came."""
         keys = [self.keys.seq]
-        topics = []
-        for name in names:
-            keys += [self.keys.channel(name), self.keys.channel_meta(name)]
-            topics.append(self.keys.channel(name))
         args: list[bytes | str | int] = [
             new_epoch(),
             self.history_size,
             int(self.history_ttl * 1000),
-            head + b"\n",
-            tail,
-            id or "",
-            codec.event_marker(event),
-            *topics,
         ]
-        epoch, seq = self.once.run(self.scripts.publish, keys, args)
-        return id if id is not None else format_event_id(decode(epoch), int(seq))
+        for names, head, tail, app_id, marker in batch:
+            topics = []
+            for name in names:
+                topic = self.keys.channel(name)
+                keys += (topic, self.keys.channel_meta(name))
+                topics.append(topic)
+            args += (head, tail, app_id, marker, len(topics), *topics)
+        epoch, last = self.once.run(self.scripts.publish, keys, args)
+        counts["redis_publish_batches"] += 1
+        first = int(last) - len(batch) + 1
+        text = decode(epoch)
+        return [(text, first + i) for i in range(len(batch))]
 
     def publish_all(
         self,
