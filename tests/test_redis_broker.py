@@ -1287,6 +1287,63 @@ def test_batches_of_signals_under_a_stalled_redis_apply_nothing_twice(
     assert longest >= min(seconds, 5) * 0.8
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seconds", [1, 7])
+def test_batches_of_events_under_a_stalled_redis_apply_nothing_twice(
+    own_redis: RedisServer, make: Factory, seconds: float
+) -> None:
+    """Events published at once by several greenlets while Redis is paused, so that they
+    share script calls: each is in the history once, under the id its publisher got, or
+    not at all when the publisher was told so; at most once when the outcome is unknown."""
+    a = make(own_redis.url, history_size=100_000)
+    outcomes: list[tuple[str, str, str | None]] = []
+    longest = 0.0
+    stop = gevent.event.Event()
+
+    def publisher(k: int) -> None:
+        nonlocal longest
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key = f"g{k}-{n}"
+            started = time.monotonic()
+            try:
+                event_id = a.publish(["stalled"], key)
+            except OutcomeUnknown:
+                outcomes.append(("unknown", key, None))
+            except BrokerUnavailable:
+                outcomes.append(("failed", key, None))
+            else:
+                outcomes.append(("ok", key, event_id))
+            longest = max(longest, time.monotonic() - started)
+            gevent.sleep(0.01)
+
+    batches, items = a._publishes.batches, a._publishes.items
+    pauser = _pause(own_redis, seconds, after=0.3)
+    publishers = [gevent.spawn(publisher, k) for k in range(8)]
+    while pauser.is_alive():
+        gevent.sleep(0.1)
+    gevent.sleep(1)
+    stop.set()
+    gevent.joinall(publishers, raise_error=True)
+    history = redis.Redis.from_url(own_redis.url).xrange(a.keys.channel("stalled"))
+    stored: dict[str, list[str]] = {}
+    for _, fields in history:
+        stored.setdefault(data_of(fields[b"f"]), []).append(fields[b"i"].decode())
+    for outcome, key, event_id in outcomes:
+        if outcome == "ok":
+            assert stored.get(key) == [event_id], (key, outcome)
+        elif outcome == "failed":
+            assert key not in stored, (key, outcome)
+        else:
+            assert len(stored.get(key, [])) <= 1, (key, outcome)
+    assert all(len(ids) == 1 for ids in stored.values())
+    assert any(outcome == "ok" for outcome, _, _ in outcomes)
+    # Events did share calls, and the stall was met.
+    assert a._publishes.items - items > a._publishes.batches - batches
+    assert longest >= min(seconds, 5) * 0.8
+
+
 def test_the_signals_of_one_loop_turn_go_in_one_script_call(
     own_redis: RedisServer, make: Factory
 ) -> None:
