@@ -1139,6 +1139,45 @@ def _pause(server: RedisServer, seconds: float, after: float) -> threading.Threa
     return thread
 
 
+def _through_a_pause(
+    server: RedisServer, seconds: float, act: Callable[[str], Any]
+) -> tuple[list[tuple[str, str, Any]], float]:
+    """Eight greenlets call ``act`` with keys of their own, one call after another,
+    while Redis is paused for ``seconds`` (so that calls share batches across the
+    pause), until a second after it. Each call's outcome, ``("ok", key, act's value)``,
+    ``("failed", key, None)`` or ``("unknown", key, None)``, and the longest call."""
+    outcomes: list[tuple[str, str, Any]] = []
+    longest = 0.0
+    stop = gevent.event.Event()
+
+    def caller(k: int) -> None:
+        nonlocal longest
+        n = 0
+        while not stop.is_set():
+            n += 1
+            key = f"g{k}-{n}"
+            started = time.monotonic()
+            try:
+                value = act(key)
+            except OutcomeUnknown:
+                outcomes.append(("unknown", key, None))
+            except BrokerUnavailable:
+                outcomes.append(("failed", key, None))
+            else:
+                outcomes.append(("ok", key, value))
+            longest = max(longest, time.monotonic() - started)
+            gevent.sleep(0.01)
+
+    pauser = _pause(server, seconds, after=0.3)
+    callers = [gevent.spawn(caller, k) for k in range(8)]
+    while pauser.is_alive():
+        gevent.sleep(0.1)
+    gevent.sleep(1)
+    stop.set()
+    gevent.joinall(callers, raise_error=True)
+    return outcomes, longest
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("seconds", [1, 3, 5, 7, 10])
 def test_a_stalled_redis_applies_nothing_twice(
@@ -1236,36 +1275,10 @@ def test_batches_of_signals_under_a_stalled_redis_apply_nothing_twice(
     observer.start()
     wait_until(lambda: redis.Redis.from_url(own_redis.url).pubsub_numsub(topic)[0][1] >= 2)
 
-    outcomes: list[tuple[str, str]] = []
-    longest = 0.0
-    stop = gevent.event.Event()
-
-    def sender(k: int) -> None:
-        nonlocal longest
-        n = 0
-        while not stop.is_set():
-            n += 1
-            key = f"g{k}-{n}"
-            started = time.monotonic()
-            try:
-                a.signal(initiator.id, key)
-            except OutcomeUnknown:
-                outcomes.append(("unknown", key))
-            except BrokerUnavailable:
-                outcomes.append(("failed", key))
-            else:
-                outcomes.append(("ok", key))
-            longest = max(longest, time.monotonic() - started)
-            gevent.sleep(0.01)
-
     batches, items = a._signals.batches, a._signals.items
-    pauser = _pause(own_redis, seconds, after=0.3)
-    senders = [gevent.spawn(sender, k) for k in range(8)]
-    while pauser.is_alive():
-        gevent.sleep(0.1)
-    gevent.sleep(1)
-    stop.set()
-    gevent.joinall(senders, raise_error=True)
+    outcomes, longest = _through_a_pause(
+        own_redis, seconds, lambda key: a.signal(initiator.id, key)
+    )
     gevent.sleep(1)
     messages = [_decoded(m) for m in observer.stop()]
     seen = Counter(
@@ -1273,7 +1286,7 @@ def test_batches_of_signals_under_a_stalled_redis_apply_nothing_twice(
         for m in messages
         if isinstance(m, codec.Broadcast)
     )
-    for outcome, key in outcomes:
+    for outcome, key, _ in outcomes:
         if outcome == "ok":
             assert seen[key] == 1, (key, outcome)
         elif outcome == "failed":
@@ -1281,7 +1294,7 @@ def test_batches_of_signals_under_a_stalled_redis_apply_nothing_twice(
         else:
             assert seen[key] <= 1, (key, outcome)
     assert all(count == 1 for count in seen.values()), seen.most_common(3)
-    assert any(outcome == "ok" for outcome, _ in outcomes)
+    assert any(outcome == "ok" for outcome, _, _ in outcomes)
     # Signals did share calls, and the stall was met.
     assert a._signals.items - items > a._signals.batches - batches
     assert longest >= min(seconds, 5) * 0.8
@@ -1296,36 +1309,10 @@ def test_batches_of_events_under_a_stalled_redis_apply_nothing_twice(
     share script calls: each is in the history once, under the id its publisher got, or
     not at all when the publisher was told so; at most once when the outcome is unknown."""
     a = make(own_redis.url, history_size=100_000)
-    outcomes: list[tuple[str, str, str | None]] = []
-    longest = 0.0
-    stop = gevent.event.Event()
-
-    def publisher(k: int) -> None:
-        nonlocal longest
-        n = 0
-        while not stop.is_set():
-            n += 1
-            key = f"g{k}-{n}"
-            started = time.monotonic()
-            try:
-                event_id = a.publish(["stalled"], key)
-            except OutcomeUnknown:
-                outcomes.append(("unknown", key, None))
-            except BrokerUnavailable:
-                outcomes.append(("failed", key, None))
-            else:
-                outcomes.append(("ok", key, event_id))
-            longest = max(longest, time.monotonic() - started)
-            gevent.sleep(0.01)
-
     batches, items = a._publishes.batches, a._publishes.items
-    pauser = _pause(own_redis, seconds, after=0.3)
-    publishers = [gevent.spawn(publisher, k) for k in range(8)]
-    while pauser.is_alive():
-        gevent.sleep(0.1)
-    gevent.sleep(1)
-    stop.set()
-    gevent.joinall(publishers, raise_error=True)
+    outcomes, longest = _through_a_pause(
+        own_redis, seconds, lambda key: a.publish(["stalled"], key)
+    )
     history = redis.Redis.from_url(own_redis.url).xrange(a.keys.channel("stalled"))
     stored: dict[str, list[str]] = {}
     for _, fields in history:
