@@ -551,6 +551,29 @@ def test_a_publish_batch_holds_at_most_its_limit(make: Factory) -> None:
     assert ids_of(frames) == [job.value for job in jobs]
 
 
+def test_an_event_to_many_channels_is_published_alone(make: Factory) -> None:
+    """A batch never holds an event to more than a few channels (one to all of a
+    thousand would hold Redis for as long as the rest of the batch): it goes alone."""
+    a, b = make(), make()
+    wide, narrow = stream(), stream()
+    channels = [f"wide{n}" for n in range(20)]
+    a.subscribe(wide, channels[-1:])
+    a.subscribe(narrow, ["narrow"])
+    batches, calls = b._publishes.batches, counts["redis_publish_batches"]
+    jobs = [
+        gevent.spawn(b.publish, ["narrow"], 1),
+        gevent.spawn(b.publish, channels, 2),
+        gevent.spawn(b.publish, ["narrow"], 3),
+    ]
+    gevent.joinall(jobs, raise_error=True)
+    assert b._publishes.batches == batches + 1  # the two narrow ones
+    assert counts["redis_publish_batches"] == calls + 2
+    assert [data_of(frame_of(narrow)) for _ in range(2)] == ["1", "3"]
+    assert ids_of([frame_of(wide)]) == [jobs[1].value]
+    assert_quiet(narrow)
+    assert_quiet(wide)
+
+
 def test_history_is_trimmed_in_redis(make: Factory) -> None:
     a, b = make(history_size=5), make(history_size=5)
     ids = [a.publish(["h"], i) for i in range(12)]

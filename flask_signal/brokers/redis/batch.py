@@ -1,9 +1,9 @@
 """Operations asked for in one turn of the event loop, sent to Redis as one.
 
-Under load, many requests of a worker post signals at the same moment: the
-greenlets woken by one poll of the sockets all run before the loop polls again.
-Each signal alone costs Redis a script call (with its at-most-once bookkeeping)
-and the worker a call through the multiplexer; a batch pays those once. The
+Under load, many requests of a worker post signals (or publish channel events) at
+the same moment: the greenlets woken by one poll of the sockets all run before the
+loop polls again. Each alone costs Redis a script call (with its at-most-once
+bookkeeping) and the worker a call through the multiplexer; a batch pays those once. The
 first caller of a turn leads: it yields once, so that the other greenlets ready
 in the same turn add theirs, then sends them all and hands each caller its own
 result. A caller alone waits one turn of the loop and no round trip more.

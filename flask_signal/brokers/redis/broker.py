@@ -57,6 +57,9 @@ PRESENCE_REFRESH = 60.0
 SIGNAL_BATCH = 64
 #: The most channel events one call of ``publish.lua`` carries.
 PUBLISH_BATCH = 64
+#: An event to more channels than this is published alone, so that a batch never
+#: keeps Redis busy much longer than the largest single event would.
+PUBLISH_BATCH_CHANNELS = 8
 #: A channel event on its way to ``publish.lua``: its channels, the frame around its
 #: id (head, tail), the application's id ('' = the hub's) and the codec's event marker.
 _Publish = tuple[tuple[str, ...], bytes, bytes, str, str]
@@ -1003,9 +1006,11 @@ class RedisBroker(Broker):
         frame = framing.message(data, event=event, id="0", retry=retry)
         head, _, tail = frame.rpartition(b"\nid: 0\n")
         names = tuple(dict.fromkeys(channels))
-        epoch, seq = self._publishes.run(
-            (names, head + b"\n", tail, id or "", codec.event_marker(event))
-        )
+        item = (names, head + b"\n", tail, id or "", codec.event_marker(event))
+        if len(names) > PUBLISH_BATCH_CHANNELS:
+            epoch, seq = self._send_publishes([item])[0]
+        else:
+            epoch, seq = self._publishes.run(item)
         return id if id is not None else format_event_id(epoch, seq)
 
     def _send_publishes(self, batch: list[_Publish]) -> list[tuple[str, int]]:
