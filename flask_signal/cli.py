@@ -26,7 +26,7 @@ from flask import Flask
 
 from . import __version__, settings
 from .extension import Signal
-from .server import WORKER_CLASS, Identity, create_app, serve
+from .server import WORKER_CLASS, Identity, create_app, patch_early, serve
 from .state import EXTENSION_KEY
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -134,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--port must be 0-65535, not {args.port}")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if "gevent" in args.worker_class.lower():
+        patch_early()  # before the app and its imports are loaded
     if args.app is not None:
         given = [
             opt.flags[0] for name, opt in settings.options() if getattr(args, name) is not None

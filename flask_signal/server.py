@@ -105,6 +105,19 @@ def preload() -> None:
             importlib.import_module(name)
 
 
+def patch_early() -> None:
+    """Monkey-patch the standard library for gevent now, before the application (and
+    what it imports, redis-py say) is loaded in this process, the gunicorn master.
+
+    The gevent worker patches again after the fork, which then changes nothing. Left
+    to the worker alone, the patching comes after the app's imports: a module that took
+    names straight from ``ssl`` (redis-py's asyncio client does) keeps the blocking ones,
+    and gevent warns of it at every worker's boot."""
+    from gevent import monkey
+
+    monkey.patch_all()
+
+
 def end_streams(app: Flask) -> None:
     """End every stream of this process, so a graceful shutdown has no open request to wait for."""
     extension = app.extensions.get("signal")

@@ -155,6 +155,8 @@ def test_several_workers_with_redis(
     finally:
         for peer in [*peers, owner]:
             peer.close()
+    # gevent patched the master before redis-py was imported, not each worker after it.
+    assert "MonkeyPatchWarning" not in cmd.output()
 
 
 # -- privileges ------------------------------------------------------------------------
